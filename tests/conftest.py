@@ -8,10 +8,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
+import shutil
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -39,9 +39,14 @@ def make_tiny_bert(minilm_path, tmp_path_factory):
     def build(kind: str = "seqcls", num_labels: int = 1, seed: int = 0, **cfg) -> Path:
         out = tmp_path_factory.mktemp(f"tiny-{kind}-{num_labels}-{seed}")
         config = transformers.BertConfig(
-            vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=cfg.pop("max_position_embeddings", 512),
-            num_labels=num_labels, **cfg,
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=cfg.pop("max_position_embeddings", 512),
+            num_labels=num_labels,
+            **cfg,
         )
         torch.manual_seed(seed)
         cls = transformers.BertForSequenceClassification if kind == "seqcls" else transformers.BertModel

@@ -1,7 +1,8 @@
 """Metrics must equal trec_eval (pytrec_eval used directly as the oracle), per query and on the mean.
 
-Convention under test (also the oracle's): every query in the qrels counts, a judged query the run does not rank
-scores 0, queries not in the qrels are ignored. nDCG uses graded gains; RR / AP / R / P count grade >= rel_level.
+Convention under test (also the oracle's): every query in the qrels counts, a judged query the run does not
+rank scores 0, queries not in the qrels are ignored. nDCG uses graded gains; RR / AP / R / P count grade >=
+rel_level.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _oracle_run(path: Path) -> dict[str, dict[str, float]]:
 
 
 def oracle(qrels, run, rel_level):
-    """pytrec_eval per query (zero for judged queries absent from the run) and the mean over judged queries."""
+    """pytrec_eval per query (0 for judged queries absent from the run) and the mean over judged queries."""
     graded = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10"}).evaluate(run)
     binary = pytrec_eval.RelevanceEvaluator(
         qrels, {"recip_rank", "map", "recall_100", "P_10"}, relevance_level=rel_level
@@ -100,7 +101,9 @@ def dl19_qrels():
 def test_equals_pytrec_eval_on_shared_dl19_runs(run_path, dl19_qrels):
     qrels = _oracle_qrels(SHARED_DL19 / "qrels" / "test.tsv")
     assert qrels == dl19_qrels  # the bundled qrels are the complete official ones
-    res = evaluate(read_qrels(SHARED_DL19 / "qrels" / "test.tsv"), read_trec_run(run_path), METRICS, rel_level=2)
+    res = evaluate(
+        read_qrels(SHARED_DL19 / "qrels" / "test.tsv"), read_trec_run(run_path), METRICS, rel_level=2
+    )
     per, mean = oracle(qrels, _oracle_run(run_path), 2)
     _assert_equal(res, per, mean)
     name = run_path.name.split(".")[0]
@@ -109,7 +112,9 @@ def test_equals_pytrec_eval_on_shared_dl19_runs(run_path, dl19_qrels):
 
 @pytest.mark.parametrize("rel_level", [2, 1])
 def test_equals_pytrec_eval_on_bundled_bm25(rel_level, dl19_qrels):
-    res = evaluate(read_qrels(BUNDLED_DL19 / "qrels" / "test.tsv"), read_trec_run(BUNDLED_BM25), METRICS, rel_level)
+    res = evaluate(
+        read_qrels(BUNDLED_DL19 / "qrels" / "test.tsv"), read_trec_run(BUNDLED_BM25), METRICS, rel_level
+    )
     per, mean = oracle(dl19_qrels, _oracle_run(BUNDLED_BM25), rel_level)
     _assert_equal(res, per, mean)
     assert res.missing_queries == []
@@ -152,11 +157,15 @@ def test_order_comes_from_scores_with_trec_eval_tie_breaking():
     # list order says b first, but the scores say a first
     assert evaluate(qrels, {"q": [("b", 1.0), ("a", 2.0)]}, ["RR@1"])["RR@1"] == 1.0
     # tie: trec_eval ranks document ids in descending order, so "b" comes before "a"
-    assert evaluate(qrels, {"q": [("a", 1.0), ("b", 1.0)]}, ["RR@1", "RR"]).aggregate == {"RR@1": 0.0, "RR": 0.5}
+    assert evaluate(qrels, {"q": [("a", 1.0), ("b", 1.0)]}, ["RR@1", "RR"]).aggregate == {
+        "RR@1": 0.0,
+        "RR": 0.5,
+    }
 
 
 @pytest.mark.parametrize(
-    ("alias", "canonical"), [("MRR@10", "RR@10"), ("MAP", "AP"), ("Recall@100", "R@100"), ("precision@10", "P@10")]
+    ("alias", "canonical"),
+    [("MRR@10", "RR@10"), ("MAP", "AP"), ("Recall@100", "R@100"), ("precision@10", "P@10")],
 )
 def test_aliases(alias, canonical, dl19_qrels):
     run = read_trec_run(BUNDLED_BM25)
@@ -170,8 +179,9 @@ def test_parse_metric_and_passthrough(dl19_qrels):
     assert str(parse_metric("AP", rel_level=2)[0]) == "AP(rel=2)"
     assert parse_metric("RR@10", rel_level=1) == (parse_metric("RR")[0], 10)
     run = read_trec_run(BUNDLED_BM25)
-    res = evaluate(dl19_qrels, run, ["AP(rel=2)", "AP"], rel_level=2)
+    res = evaluate(dl19_qrels, run, ["AP(rel=2)", "AP", "Judged@10"], rel_level=2)
     assert res["AP(rel=2)"] == res["AP"]
+    assert res["Judged@10"] == 1.0  # not a pytrec_eval measure: computed by ir_measures' other providers
 
 
 @pytest.mark.parametrize("bad", ["nDCG@0", "foo@10", "P", "R", "ndcg@ten", ""])
@@ -200,4 +210,6 @@ def test_format_table():
     assert lines[1].split() == ["bm25", "0.5058", "0.3000", "-"]
     assert lines[2].split() == ["bm25", ">>", "cross-encoder@100", "0.7000", "-", "1.0000"]
     assert len({len(line) for line in lines[:2]}) == 1  # aligned: the header and full rows have equal width
-    assert lines[1].index("0.5058") + 6 == lines[0].index("nDCG@10") + 7  # numbers right-aligned under headers
+    assert (
+        lines[1].index("0.5058") + 6 == lines[0].index("nDCG@10") + 7
+    )  # numbers right-aligned under headers

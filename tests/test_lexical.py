@@ -205,8 +205,9 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
         assert [r.metadata for r in a] == [r.metadata for r in b]
     ranker = BM25Ranker.from_retriever(loaded)
     docs = [Document(corpus["doc1"]["text"], "doc1")]
-    assert ranker.score("rain", docs) == pytest.approx(BM25Ranker("bm25+", k1=1.0, b=0.5, corpus=corpus)
-                                                       .score("rain", docs))
+    assert ranker.score("rain", docs) == pytest.approx(
+        BM25Ranker("bm25+", k1=1.0, b=0.5, corpus=corpus).score("rain", docs)
+    )
     with pytest.raises(FileNotFoundError):
         BM25Retriever.load(tmp_path)
 

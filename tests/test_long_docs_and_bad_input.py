@@ -44,6 +44,7 @@ def test_passages_are_token_accurate(embed):
     from unirank.text import split_token_passages, truncate_tokens
 
     text = FILLER * 5
+
     def n_tokens(t: str) -> int:
         return len(embed.tokenizer(t, add_special_tokens=False)["input_ids"])
 

@@ -36,8 +36,9 @@ def test_cross_encoder_matches_sentence_transformers(minilm_cross_encoder):
     from sentence_transformers import CrossEncoder
 
     queries, texts = _pairs()
-    ref_model = CrossEncoder(str(minilm_cross_encoder), max_length=128, device="cpu",
-                             activation_fn=torch.nn.Identity())
+    ref_model = CrossEncoder(
+        str(minilm_cross_encoder), max_length=128, device="cpu", activation_fn=torch.nn.Identity()
+    )
     ref = ref_model.predict(list(zip(queries, texts)), batch_size=16)
     ours = CrossEncoderRanker(str(minilm_cross_encoder), max_length=128, device="cpu")
     got = np.concatenate(ours._score_many(queries, [[d] for d in ours_docs(texts)]))
@@ -47,8 +48,9 @@ def test_cross_encoder_matches_sentence_transformers(minilm_cross_encoder):
     # the public path gives the same numbers, sorted
     res = ours.rank(queries[0], texts[:10])
     np.testing.assert_allclose(sorted(res.scores, reverse=True), res.scores)
-    np.testing.assert_allclose(res.scores[0], max(ref_model.predict([(queries[0], t) for t in texts[:10]])),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        res.scores[0], max(ref_model.predict([(queries[0], t) for t in texts[:10]])), atol=1e-4
+    )
 
 
 def ours_docs(texts):

@@ -93,7 +93,7 @@ class Ranker(ABC):
         top_k: int | None = None,
         normalize: str | None = None,
     ) -> RankedResults:
-        """Rank ``docs`` for ``query``; best first. ``normalize`` maps scores to 0..1 (see ``normalize.py``)."""
+        """Rank ``docs`` for ``query``, best first; ``normalize`` maps scores to 0..1 (``normalize.py``)."""
         return self.rank_many([query], [docs], top_k=top_k, normalize=normalize)[0]
 
     def rank_many(
@@ -200,7 +200,12 @@ class Ranker(ABC):
             s, applied = normalize_scores(s, self.score_kind, normalize, self.calibrator)
             out.append(
                 RankedResults.from_scores(
-                    q, d, s.tolist(), top_k=top_k, score_kind=self.score_kind, method=self.name,
+                    q,
+                    d,
+                    s.tolist(),
+                    top_k=top_k,
+                    score_kind=self.score_kind,
+                    method=self.name,
                     normalized=applied,
                 )
             )
@@ -278,7 +283,9 @@ class PointwiseRanker(Ranker):
         return _aggregate(flat, owner, [len(d) for d in docs_lists], self.long_docs)
 
 
-def _aggregate(flat: np.ndarray, owner: list[tuple[int, int]], sizes: list[int], how: str) -> list[np.ndarray]:
+def _aggregate(
+    flat: np.ndarray, owner: list[tuple[int, int]], sizes: list[int], how: str
+) -> list[np.ndarray]:
     groups: list[list[list[float]]] = [[[] for _ in range(n)] for n in sizes]
     for s, (li, di) in zip(flat.tolist(), owner):
         groups[li][di].append(s)

@@ -60,7 +60,7 @@ def run_batches(
 ) -> np.ndarray:
     """Call ``fn(batch_indices) -> scores`` for every batch and scatter the scores into one array.
 
-    ``fn`` returns one row per item: a score, or a vector (embeddings); the result has shape ``(n_items, ...)``.
+    ``fn`` returns one row per item (a score, or a vector); the result has shape ``(n_items, ...)``.
     Failures are isolated as described in the module docstring; an item that fails alone scores ``NaN``
     and a warning is logged. ``progress(n)`` is called with the number of items finished.
     """
@@ -78,7 +78,9 @@ def run_batches(
             out[batch] = scores
         except Exception as exc:
             if len(batch) == 1:
-                logger.warning("item %d could not be scored and gets NaN: %s: %s", batch[0], type(exc).__name__, exc)
+                logger.warning(
+                    "item %d could not be scored and gets NaN: %s: %s", batch[0], type(exc).__name__, exc
+                )
                 failed.append(batch[0])
             elif _is_oom(exc):
                 half = len(batch) // 2
@@ -88,7 +90,10 @@ def run_batches(
                 continue
             else:
                 logger.warning(
-                    "a batch of %d failed (%s: %s); retrying its items one by one", len(batch), type(exc).__name__, exc
+                    "a batch of %d failed (%s: %s); retrying its items one by one",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
                 )
                 pending[:0] = [[i] for i in batch]
                 continue

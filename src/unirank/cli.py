@@ -34,7 +34,7 @@ def _out(text: str) -> None:
 
 
 def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``["batch_size=8", "device=cpu"]`` -> ``{"batch_size": 8, "device": "cpu"}`` (values parsed as JSON)."""
+    """``["batch_size=8", "device=cpu"]`` -> ``{"batch_size": 8, "device": "cpu"}`` (JSON values)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -101,8 +101,9 @@ def _first_stage(ds: Any, run: str | None, depth: int, show_progress: bool) -> s
     logger.info("no first-stage run given: BM25 over the %d documents of %s", len(ds.corpus), ds.name)
     retriever = BM25Retriever().index(ds.corpus)
     qids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
-    results = retriever.retrieve_many([ds.queries[q] for q in qids], k=max(depth, 100),
-                                      show_progress=show_progress)
+    results = retriever.retrieve_many(
+        [ds.queries[q] for q in qids], k=max(depth, 100), show_progress=show_progress
+    )
     ds.runs["bm25"] = {q: [(r.id, r.score) for r in res] for q, res in zip(qids, results)}
     return "bm25"
 
@@ -117,8 +118,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = _first_stage(ds, args.run, args.depth, progress)
     ranker = Reranker(args.reranker, **_options(args.option))
     table, _ = eval_job(
-        ranker, ds, run, depth=args.depth, metrics=args.metrics or _default_metrics(),
-        out_path=args.out, batch_queries=args.batch_queries, show_progress=progress,
+        ranker,
+        ds,
+        run,
+        depth=args.depth,
+        metrics=args.metrics or _default_metrics(),
+        out_path=args.out,
+        batch_queries=args.batch_queries,
+        show_progress=progress,
     )
     _out(f"{ds.name} ({len(ds.queries)} queries, re-ranking depth {args.depth})\n{table}")
     if args.out:
@@ -139,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("rank", help="rank documents for one query; JSON out")
-    r.add_argument("spec", nargs="?", default=DEFAULT_RERANKER, help=f"reranker spec (default {DEFAULT_RERANKER})")
+    r.add_argument(
+        "spec", nargs="?", default=DEFAULT_RERANKER, help=f"reranker spec (default {DEFAULT_RERANKER})"
+    )
     r.add_argument("--query", "-q", required=True)
     r.add_argument("--docs", "-d", default="-", help="JSON list / JSONL / text lines file, '-' = stdin")
     r.add_argument("--top-k", "-k", type=int, default=None)

@@ -101,7 +101,7 @@ def normalize_scores(
     how: str | None,
     calibrator: PlattCalibrator | None = None,
 ) -> tuple[np.ndarray, str | None]:
-    """Return ``(normalised scores, name of the map applied)``; ``how=None``/"none" leaves them as they are."""
+    """Return ``(normalised scores, name of the map applied)``; ``how=None`` / ``"none"``: unchanged."""
     x = np.asarray(scores, dtype=np.float64)
     if how is None or how == "none":
         return x, None
@@ -110,7 +110,8 @@ def normalize_scores(
     if how == "calibrated":
         if calibrator is None:
             raise ValueError(
-                "normalize='calibrated' needs a calibrator: call ranker.calibrate(queries, docs_lists, labels) "
+                "normalize='calibrated' needs a calibrator: call "
+                "ranker.calibrate(queries, docs_lists, labels) "
                 "or pass calibrator=PlattCalibrator(a, b) when creating the ranker"
             )
         return calibrator(x), "calibrated"

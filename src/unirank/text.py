@@ -99,7 +99,9 @@ def _word_spans(tokenizer: _FastTokenizer, text: str) -> list[tuple[int, int, in
     return [(a, b, n) for a, b, n in spans]
 
 
-def _pack(words: list[tuple[int, int, int]], size: int, overlap: int, limit: int | None) -> list[tuple[int, int]]:
+def _pack(
+    words: list[tuple[int, int, int]], size: int, overlap: int, limit: int | None
+) -> list[tuple[int, int]]:
     """Greedy windows of whole words with at most ``size`` tokens (a longer word stands alone)."""
     out: list[tuple[int, int]] = []
     i = 0

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "DocLike",
@@ -57,7 +57,7 @@ class Document:
         return {"id": self.id, "text": self.text, "metadata": dict(self.metadata)}
 
 
-DocLike = Union[str, Document, Mapping[str, Any]]
+DocLike = str | Document | Mapping[str, Any]
 
 _TEXT_KEYS = ("text", "content", "document", "passage", "contents")
 _ID_KEYS = ("id", "_id", "doc_id", "docid")

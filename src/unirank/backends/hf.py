@@ -112,9 +112,12 @@ def torch_dtype(dtype: str | None, device: str) -> Any:
     """Map ``"fp32" | "fp16" | "bf16" | None`` to a torch dtype; ``None`` = fp32 on CPU, fp16 on CUDA."""
     torch, _ = torch_modules()
     table = {
-        "fp32": torch.float32, "float32": torch.float32,
-        "fp16": torch.float16, "float16": torch.float16,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
     }
     if dtype is None:
         return torch.float16 if device.startswith("cuda") else torch.float32
@@ -166,7 +169,11 @@ def load_model(
 def max_model_length(tokenizer: Any, config: Any, requested: int | None) -> int:
     """The usable sequence length: the request, capped by what the model's positions allow."""
     limits = [
-        v for v in (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None))
+        v
+        for v in (
+            getattr(config, "max_position_embeddings", None),
+            getattr(tokenizer, "model_max_length", None),
+        )
         if isinstance(v, int) and 0 < v < 1_000_000
     ]
     cap = min(limits) if limits else 512
@@ -240,6 +247,8 @@ def run_model(
     bar = tqdm(total=len(features), desc=desc, unit="item", disable=not show_progress, leave=False)
     try:
         with torch.inference_mode():
-            return run_batches(lambda idx: forward([features[i] for i in idx]), batches, len(features), bar.update)
+            return run_batches(
+                lambda idx: forward([features[i] for i in idx]), batches, len(features), bar.update
+            )
     finally:
         bar.close()

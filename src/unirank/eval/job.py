@@ -5,8 +5,10 @@ Contract of a re-ranked run (what :func:`rerank_run` returns and :func:`eval_job
 - For every query of the first-stage run that has query text, the top ``depth`` candidates are re-ordered
   by the ranker and carry its raw scores. Below them come, in first-stage order: top-``depth`` candidates
   the ranker could not score (missing from the corpus, or given a NaN / -inf score), then the first-stage
-  documents ranked below ``depth``. Those get new scores strictly lower than every re-ranked score, so the
-  run stays complete (same documents as the input) and its score order equals its list order.
+  documents ranked below ``depth``. Those get new, strictly decreasing scores lower than every re-ranked
+  score, so the run stays complete (same documents as the input) and its score order is its list order.
+  Exception: documents the ranker itself scored equal keep their first-stage order in the list, while
+  trec_eval-style evaluation (:func:`~unirank.eval.metrics.evaluate`) breaks such ties by document id.
 - Queries with no text in ``dataset.queries`` are left out, with a warning giving their count.
 
 Failure contract: queries are scored in batches of ``batch_queries``. If a batch raises, the queries of

@@ -12,8 +12,8 @@ Conventions (the same as ``trec_eval -c``):
   ``k``), with the same tie-breaking as the other metrics.
 
 Metric names: ``nDCG@k``, ``RR@k`` / ``MRR@k`` / ``RR``, ``AP`` / ``MAP`` / ``AP@k``, ``R@k`` / ``Recall@k``,
-``P@k`` / ``Precision@k`` (case-insensitive), or any ``ir_measures`` measure string with parentheses such
-as ``"AP(rel=3)"``, passed through unchanged.
+``P@k`` / ``Precision@k`` (case-insensitive), or any other ``ir_measures`` measure string such as
+``"AP(rel=3)"`` or ``"Judged@10"``, passed through unchanged (no ``rel_level`` added).
 """
 
 from __future__ import annotations
@@ -58,14 +58,15 @@ def parse_metric(name: str, rel_level: int = 1) -> tuple[Any, int | None]:
     'R@100'
     """
     irm = require("ir_measures", "eval", "ir-measures")
-    if "(" in name:
-        try:
-            return irm.parse_measure(name), None
-        except Exception as exc:
-            raise ValueError(f"cannot parse ir_measures measure {name!r}: {exc}") from None
     match = _NAME_RE.match(name)
-    if not match or match.group(1).lower() not in _ALIASES:
-        raise ValueError(f"unknown metric {name!r}; use e.g. nDCG@10, RR@10, MRR@10, AP, MAP, R@100, P@10")
+    if "(" in name or not match or match.group(1).lower() not in _ALIASES:
+        try:  # any other ir_measures measure, passed through unchanged (no rel level added)
+            return irm.parse_measure(name), None
+        except Exception:
+            raise ValueError(
+                f"unknown metric {name!r}; use e.g. nDCG@10, RR@10, MRR@10, AP, MAP, R@100, P@10, "
+                "or an ir_measures measure such as 'AP(rel=3)' or 'Judged@10'"
+            ) from None
     base, binary, needs_cutoff = _ALIASES[match.group(1).lower()]
     cutoff = int(match.group(2)) if match.group(2) else None
     if cutoff is not None and cutoff < 1:

@@ -111,7 +111,9 @@ class CrossEncoderRanker(PointwiseRanker):
     def _label_index(self, label: int | str | None) -> int | None:
         if self.num_labels <= 2:
             if label is not None and label not in (1, "1"):
-                logger.info("label=%r ignored: a %d-label head has a fixed convention", label, self.num_labels)
+                logger.info(
+                    "label=%r ignored: a %d-label head has a fixed convention", label, self.num_labels
+                )
             return None
         id2label = {int(k): str(v) for k, v in (self.model.config.id2label or {}).items()}
         if label is None:

@@ -37,8 +37,14 @@ _POOLING_KEYS = {
 def read_st_layout(path: Path) -> dict[str, Any]:
     """The parts of a sentence-transformers folder that decide the embedding (all optional)."""
     modules = hf.read_json(path / "modules.json").get("_") or []
-    layout: dict[str, Any] = {"transformer": path, "pooling": "mean", "include_prompt": True,
-                              "dense": [], "normalize": False, "st": bool(modules)}
+    layout: dict[str, Any] = {
+        "transformer": path,
+        "pooling": "mean",
+        "include_prompt": True,
+        "dense": [],
+        "normalize": False,
+        "st": bool(modules),
+    }
     for mod in modules:
         kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
         sub = path / mod.get("path", "")
@@ -124,8 +130,11 @@ class EmbeddingRanker(PointwiseRanker):
         self.device = hf.pick_device(device)
         self.tokenizer = hf.load_tokenizer(self.layout["transformer"], trust_remote_code=trust_remote_code)
         self.model = hf.load_model(
-            self.layout["transformer"], "AutoModel", device=self.device,
-            dtype=hf.torch_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+            self.layout["transformer"],
+            "AutoModel",
+            device=self.device,
+            dtype=hf.torch_dtype(dtype, self.device),
+            trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
         )
         self.dense = [_load_dense(p, self.device) for p in self.layout["dense"]]
@@ -135,7 +144,8 @@ class EmbeddingRanker(PointwiseRanker):
         prompts = self.layout["prompts"]
         self.query_prompt = query_prompt if query_prompt is not None else prompts.get("query", "")
         self.document_prompt = (
-            document_prompt if document_prompt is not None
+            document_prompt
+            if document_prompt is not None
             else prompts.get("document", prompts.get("passage", ""))
         )
         if self.layout["similarity"] not in ("cosine", "dot"):
@@ -176,8 +186,12 @@ class EmbeddingRanker(PointwiseRanker):
         feats = hf.tokenize(self.tokenizer, [prompt + t for t in texts], None, self.max_length)
         plen = self._prompt_length(prompt)
         out = hf.run_model(
-            feats, lambda b: self._forward(b, plen), max_tokens=self.max_tokens_per_batch,
-            batch_size=self.batch_size, show_progress=show_progress, desc=f"encoding ({self.name})",
+            feats,
+            lambda b: self._forward(b, plen),
+            max_tokens=self.max_tokens_per_batch,
+            batch_size=self.batch_size,
+            show_progress=show_progress,
+            desc=f"encoding ({self.name})",
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
 

@@ -6,9 +6,8 @@ needed) or from a corpus you indexed, in which case its scores equal first-stage
 :class:`BM25Retriever` indexes a corpus with bm25s and retrieves top-k, saving and loading with bm25s's own
 (pickle-free) format.
 
-Variants follow Kamphuis et al., "Which BM25 do you mean?" (ECIR 2020), as bm25s implements them;
-``"lucene"`` (the default) is ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))`` times
-``tf / (tf + k1 * (1 - b + b * dl / avgdl))``, summed over query tokens.
+Variants follow Kamphuis et al. (ECIR 2020) as bm25s implements them; ``"lucene"`` (default) sums over query
+tokens ``ln(1 + (N - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * dl / avgdl))``.
 Text analysis: lower-case, tokens of two or more word characters, stopwords removed, then Snowball stemming.
 """
 
@@ -116,20 +115,14 @@ def _bm25(
 
 
 def _corpus_documents(corpus: Mapping[str, DocLike] | Iterable[DocLike]) -> list[Document]:
-    if isinstance(corpus, Mapping):
-        docs = []
-        for doc_id, doc in corpus.items():
-            d = to_documents([doc])[0]
-            docs.append(Document(d.text, str(doc_id), d.metadata))
-    else:
-        docs = to_documents(list(corpus))
+    docs = to_documents(list(corpus.values() if isinstance(corpus, Mapping) else corpus))
+    if isinstance(corpus, Mapping):  # the key is the id
+        docs = [Document(d.text, str(i), d.metadata) for i, d in zip(corpus, docs)]
     if not docs:
         raise ValueError("the corpus is empty; BM25 needs at least one document to index")
-    seen: set[str | None] = set()
-    for d in docs:
-        if d.id in seen:
-            raise ValueError(f"duplicate document id {d.id!r} in the corpus; ids must be unique")
-        seen.add(d.id)
+    dups = [i for i, c in Counter(d.id for d in docs).items() if c > 1]
+    if dups:
+        raise ValueError(f"duplicate document ids in the corpus (ids must be unique): {dups[:5]}")
     return docs
 
 
@@ -181,15 +174,12 @@ class BM25Retriever:
         self._avgdl = 0.0
 
     @property
-    def params(self) -> dict[str, Any]:
-        return {"method": self.method, "k1": self.k1, "b": self.b, "delta": self.delta}
-
-    @property
     def options(self) -> dict[str, Any]:
         """Constructor options (what :meth:`save` records)."""
         sw = self.stopwords
         sw = sw if sw is None or isinstance(sw, str) else list(sw)
-        return {**self.params, "stemmer": self.stemmer, "stopwords": sw, "dtype": self.dtype}
+        params = {"method": self.method, "k1": self.k1, "b": self.b, "delta": self.delta}
+        return {**params, "stemmer": self.stemmer, "stopwords": sw, "dtype": self.dtype}
 
     @property
     def documents(self) -> list[Document]:
@@ -254,9 +244,7 @@ class BM25Retriever:
         vocab, n_terms = model.vocab_dict, len(model.scores["indptr"]) - 1
         for q in _progress(qs, show_progress, len(qs), "BM25 retrieve"):
             ids = [vocab[t] for t in self._analyzer(q) if t in vocab and vocab[t] < n_terms]
-            scores = (
-                np.asarray(model.get_scores_from_ids(ids), dtype=np.float64) if ids else np.zeros(n)
-            )
+            scores = np.asarray(model.get_scores_from_ids(ids), dtype=np.float64) if ids else np.zeros(n)
             order = _topk(scores, k)
             results = [Result(self._docs[i], float(scores[i]), r + 1, int(i)) for r, i in enumerate(order)]
             out.append(RankedResults(q, results, ScoreKind.UNBOUNDED, "bm25"))

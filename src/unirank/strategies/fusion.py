@@ -236,8 +236,14 @@ class Fusion(Ranker):
         order += [i for i in range(n) if i not in fused]
         return order, scores
 
-    def _build(self, query: str, docs: list[Document], per_ranker: Sequence[RankedResults],
-               top_k: int | None, normalize: str | None) -> RankedResults:
+    def _build(
+        self,
+        query: str,
+        docs: list[Document],
+        per_ranker: Sequence[RankedResults],
+        top_k: int | None,
+        normalize: str | None,
+    ) -> RankedResults:
         if top_k is not None and top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         order, raw = self._fuse_one(per_ranker, len(docs))
