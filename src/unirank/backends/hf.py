@@ -108,6 +108,12 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def default_token_budget(device: str) -> int:
+    """Tokens per batch (``batch size * longest item``): small on CPU, where cache-sized batches run
+    fastest (4096 measured 1.5x faster than 16384 for MiniLM on a 2-core CPU), large on accelerators."""
+    return 4096 if device == "cpu" else 32768
+
+
 def torch_dtype(dtype: str | None, device: str) -> Any:
     """Map ``"fp32" | "fp16" | "bf16" | None`` to a torch dtype; ``None`` = fp32 on CPU, fp16 on CUDA."""
     torch, _ = torch_modules()

@@ -58,7 +58,7 @@ class CrossEncoderRanker(PointwiseRanker):
         device: str | None = None,
         max_length: int | None = None,
         batch_size: int = 64,
-        max_tokens_per_batch: int = 16384,
+        max_tokens_per_batch: int | None = None,
         dtype: str | None = None,
         label: int | str | None = None,
         long_docs: str = "truncate",
@@ -104,7 +104,7 @@ class CrossEncoderRanker(PointwiseRanker):
         )
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
         self.batch_size = batch_size
-        self.max_tokens_per_batch = max_tokens_per_batch
+        self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.num_labels = int(self.model.config.num_labels)
         self.label_index = self._label_index(label)
 

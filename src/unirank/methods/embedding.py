@@ -99,7 +99,7 @@ class EmbeddingRanker(PointwiseRanker):
         device: str | None = None,
         max_length: int | None = None,
         batch_size: int = 64,
-        max_tokens_per_batch: int = 16384,
+        max_tokens_per_batch: int | None = None,
         dtype: str | None = None,
         query_prompt: str | None = None,
         document_prompt: str | None = None,
@@ -153,7 +153,7 @@ class EmbeddingRanker(PointwiseRanker):
         self.cosine = self.layout["similarity"] == "cosine" or self.layout["normalize"]
         self.score_kind = ScoreKind.SIMILARITY if self.cosine else ScoreKind.UNBOUNDED
         self.batch_size = batch_size
-        self.max_tokens_per_batch = max_tokens_per_batch
+        self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self.cache_hits = 0

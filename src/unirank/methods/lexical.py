@@ -9,6 +9,10 @@ needed) or from a corpus you indexed, in which case its scores equal first-stage
 Variants follow Kamphuis et al. (ECIR 2020) as bm25s implements them; ``"lucene"`` (default) sums over query
 tokens ``ln(1 + (N - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * dl / avgdl))``.
 Text analysis: lower-case, tokens of two or more word characters, stopwords removed, then Snowball stemming.
+
+Fields: ``fields="flat"`` (default) scores the text as one field; ``fields="multi"`` scores title and body as
+two fields with their own statistics, summing ``field_weights``-boosted per-field BM25 (a Lucene multi-field
+query, as in BEIR's published BM25 figures); see :mod:`unirank.methods._bm25_fields`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..base import Capabilities, Ranker
 from ..errors import SpecError, require
 from ..normalize import PlattCalibrator
 from ..types import DocLike, Document, RankedResults, Result, ScoreKind, check_query, to_documents
+from . import _bm25_fields as _bf
 
 __all__ = ["METHODS", "BM25Ranker", "BM25Retriever"]
 
@@ -36,7 +41,8 @@ METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 _ALIASES = {"bm25plus": "bm25+", "bm25p": "bm25+", "bm25-plus": "bm25+"}
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn / bm25s token pattern
 _META_FILE = "unirank_bm25.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 1  # flat: bm25s files in the folder itself
+_MULTI_FORMAT_VERSION = 2  # multi: one bm25s sub-folder per field, the documents saved with the first
 
 
 def _check_method(method: str) -> str:
@@ -164,14 +170,16 @@ class BM25Retriever:
         stemmer: str | None = "english",
         stopwords: str | Sequence[str] | None = "en",
         dtype: str = "float32",
+        fields: str = "flat",
+        field_weights: Sequence[float] | None = None,
     ) -> None:
         self.method = _check_method(method)
         self.k1, self.b, self.delta = float(k1), float(b), float(delta)
         self.stemmer, self.stopwords, self.dtype = stemmer, stopwords, dtype
+        self.fields, self.field_weights = _bf.check_fields(fields, field_weights)
         self._analyzer = _Analyzer(stemmer, stopwords)
-        self._model: Any = None
+        self._fields: list[_bf.FieldIndex] = []
         self._docs: list[Document] = []
-        self._avgdl = 0.0
 
     @property
     def options(self) -> dict[str, Any]:
@@ -179,7 +187,8 @@ class BM25Retriever:
         sw = self.stopwords
         sw = sw if sw is None or isinstance(sw, str) else list(sw)
         params = {"method": self.method, "k1": self.k1, "b": self.b, "delta": self.delta}
-        return {**params, "stemmer": self.stemmer, "stopwords": sw, "dtype": self.dtype}
+        opts = {**params, "stemmer": self.stemmer, "stopwords": sw, "dtype": self.dtype}
+        return {**opts, **_bf.fields_options(self)}
 
     @property
     def documents(self) -> list[Document]:
@@ -192,35 +201,23 @@ class BM25Retriever:
         self, corpus: Mapping[str, DocLike] | Iterable[DocLike], show_progress: bool = False
     ) -> BM25Retriever:
         """Tokenise and index ``corpus`` (replacing any earlier index); returns ``self``."""
-        bm25s = require("bm25s", "bm25")
         docs = _corpus_documents(corpus)
-        vocab: dict[str, int] = {}
         texts = _progress(docs, show_progress, len(docs), "BM25 tokenise")
-        ids = [[vocab.setdefault(t, len(vocab)) for t in self._analyzer(d.text)] for d in texts]
-        if not vocab:  # every document is empty after analysis: all scores will be 0
-            vocab[""] = 0
-        model = bm25s.BM25(k1=self.k1, b=self.b, delta=self.delta, method=self.method, dtype=self.dtype)
-        with np.errstate(divide="ignore", invalid="ignore"):  # avgdl = 0 when every document is empty
-            model.index((ids, vocab), show_progress=show_progress)
-        self._model, self._docs = model, docs
-        self._avgdl = float(np.mean([len(x) for x in ids]))
-        logger.info("indexed %d documents, %d terms (avgdl %.1f)", len(docs), len(vocab), self._avgdl)
+        per_doc = [[self._analyzer(t) for t in _bf.field_texts(d, self.fields)] for d in texts]
+        params = {"method": self.method, "k1": self.k1, "b": self.b, "delta": self.delta}
+        self._fields = [
+            _bf.FieldIndex.build([toks[f] for toks in per_doc], params, self.dtype, show_progress)
+            for f in range(len(per_doc[0]))
+        ]
+        self._docs = docs
+        avgdl = ", ".join(f"{fi.avgdl:.1f}" for fi in self._fields)
+        logger.info("indexed %d documents, fields=%s (avgdl %s)", len(docs), self.fields, avgdl)
         return self
 
-    def _require_index(self) -> Any:
-        if self._model is None:
+    def _require_index(self) -> list[_bf.FieldIndex]:
+        if not self._fields:
             raise RuntimeError("BM25Retriever has no index: call .index(corpus) or BM25Retriever.load(path)")
-        return self._model
-
-    def _doc_freqs(self, terms: Sequence[str]) -> np.ndarray:
-        model = self._require_index()
-        indptr = model.scores["indptr"]
-        out = np.zeros(len(terms))
-        for j, t in enumerate(terms):
-            i = model.vocab_dict.get(t)
-            if i is not None and i + 1 < len(indptr):
-                out[j] = indptr[i + 1] - indptr[i]
-        return out
+        return self._fields
 
     def retrieve(self, query: str, k: int = 100) -> RankedResults:
         """Top-``k`` documents for ``query``, best first (``k`` larger than the corpus is clipped)."""
@@ -230,7 +227,7 @@ class BM25Retriever:
         self, queries: Sequence[str], k: int = 100, show_progress: bool = False
     ) -> list[RankedResults]:
         """Top-``k`` for each query. Zero-score documents fill the list when fewer than ``k`` match."""
-        model = self._require_index()
+        fields = self._require_index()
         if isinstance(queries, str):
             raise TypeError("queries must be a sequence of strings; use retrieve() for a single query")
         if k < 0:
@@ -241,51 +238,49 @@ class BM25Retriever:
             k = n
         qs = [check_query(q) for q in queries]
         out = []
-        vocab, n_terms = model.vocab_dict, len(model.scores["indptr"]) - 1
+        weights = self.field_weights or (1.0,)
         for q in _progress(qs, show_progress, len(qs), "BM25 retrieve"):
-            ids = [vocab[t] for t in self._analyzer(q) if t in vocab and vocab[t] < n_terms]
-            scores = np.asarray(model.get_scores_from_ids(ids), dtype=np.float64) if ids else np.zeros(n)
+            terms = self._analyzer(q)
+            scores = np.zeros(n)
+            for w, fi in zip(weights, fields):
+                if w:
+                    scores += w * fi.scores(terms, n)
             order = _topk(scores, k)
             results = [Result(self._docs[i], float(scores[i]), r + 1, int(i)) for r, i in enumerate(order)]
             out.append(RankedResults(q, results, ScoreKind.UNBOUNDED, "bm25"))
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write the index (bm25s's numpy + JSON files, no pickle), the documents and the options."""
-        model = self._require_index()
+        """Write the index (bm25s's numpy + JSON files, no pickle), the documents and the options.
+
+        Flat: the bm25s files in ``path``. Multi: one bm25s folder per field (``path/title``, ``path/body``).
+        """
         path = Path(path)
-        model.save(
-            path,
-            corpus=[d.to_dict() for d in self._docs],
-            show_progress=False,
-            raise_on_serialization_error=True,
-        )
-        meta = {"format": _FORMAT_VERSION, "options": self.options, "avgdl": self._avgdl, "n_docs": len(self)}
+        avgdl = _bf.save_indexes(path, self.fields, self._require_index(), [d.to_dict() for d in self._docs])
+        fmt = _FORMAT_VERSION if self.fields == "flat" else _MULTI_FORMAT_VERSION
+        meta = {"format": fmt, "options": self.options, "avgdl": avgdl, "n_docs": len(self)}
         (path / _META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> BM25Retriever:
         """Load what :meth:`save` wrote."""
-        bm25s = require("bm25s", "bm25")
         path = Path(path)
         meta_path = path / _META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: {path} is not a saved unirank BM25 index")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT_VERSION:
+        if meta.get("format") not in (_FORMAT_VERSION, _MULTI_FORMAT_VERSION):
             raise ValueError(f"unsupported BM25 index format {meta.get('format')!r} in {path}")
         self = cls(**meta["options"])
-        model = bm25s.BM25.load(path, load_corpus=True, show_progress=False)
-        corpus = model.corpus or []
+        self._fields, corpus = _bf.load_indexes(path, self.fields, meta["avgdl"])
         self._docs = [Document(d["text"], d.get("id"), dict(d.get("metadata") or {})) for d in corpus]
-        model.corpus = None
         if len(self._docs) != meta["n_docs"]:
             raise ValueError(f"{path}: {len(self._docs)} documents stored but the index has {meta['n_docs']}")
-        self._model, self._avgdl = model, float(meta["avgdl"])
         return self
 
     def __repr__(self) -> str:
-        return f"BM25Retriever(method={self.method!r}, k1={self.k1}, b={self.b}, docs={len(self)})"
+        f = _bf.fields_repr(self)
+        return f"BM25Retriever(method={self.method!r}, k1={self.k1}, b={self.b}{f}, docs={len(self)})"
 
 
 class BM25Ranker(Ranker):
@@ -311,6 +306,8 @@ class BM25Ranker(Ranker):
         delta: float = 0.5,
         stemmer: str | None = "english",
         stopwords: str | Sequence[str] | None = "en",
+        fields: str = "flat",
+        field_weights: Sequence[float] | None = None,
         corpus: Mapping[str, DocLike] | Iterable[DocLike] | None = None,
         name: str = "bm25",
         calibrator: PlattCalibrator | None = None,
@@ -319,6 +316,7 @@ class BM25Ranker(Ranker):
         self.method = _check_method(method)
         self.k1, self.b, self.delta = float(k1), float(b), float(delta)
         self.stemmer, self.stopwords = stemmer, stopwords
+        self.fields, self.field_weights = _bf.check_fields(fields, field_weights)
         self._analyzer = _Analyzer(stemmer, stopwords)
         self.retriever: BM25Retriever | None = None
         self.capabilities = Capabilities(pointwise=False)
@@ -359,7 +357,7 @@ class BM25Ranker(Ranker):
     ) -> BM25Ranker:
         """Take IDF and average length from ``corpus`` from now on; returns ``self``."""
         opts = {"k1": self.k1, "b": self.b, "delta": self.delta, "stopwords": self.stopwords}
-        retriever = BM25Retriever(self.method, stemmer=self.stemmer, **opts)
+        retriever = BM25Retriever(self.method, stemmer=self.stemmer, **opts, **_bf.fields_options(self))
         self.retriever = retriever.index(corpus, show_progress=show_progress)
         self.capabilities = Capabilities(pointwise=True)
         return self
@@ -376,22 +374,31 @@ class BM25Ranker(Ranker):
                 c = cache[text] = Counter(self._analyzer(text))
             return c
 
+        weights = self.field_weights or (1.0,)
         out = []
         for query, docs in _progress(zip(queries, docs_lists), show_progress, len(queries), self.name):
             qtf = Counter(self._analyzer(query))
             terms = list(qtf)
-            cs = [counts(d.text) for d in docs]
-            dl = np.array([c.total() for c in cs], dtype=float)
-            tf = np.array([[c.get(t, 0) for t in terms] for c in cs], dtype=float)
-            tf = tf.reshape(len(cs), len(terms))
-            if self.retriever is not None:
-                df, n, avgdl = self.retriever._doc_freqs(terms), len(self.retriever), self.retriever._avgdl
-            else:
-                df, n, avgdl = (tf > 0).sum(axis=0), len(docs), float(dl.mean())
             qw = np.array([qtf[t] for t in terms], dtype=float)
-            out.append(_bm25(tf, dl, df, qw, n, avgdl, params))
+            per_doc = [_bf.field_texts(d, self.fields) for d in docs]
+            total = np.zeros(len(docs))
+            for f, w in enumerate(weights):
+                if not w:
+                    continue
+                cs = [counts(texts[f]) for texts in per_doc]
+                dl = np.array([c.total() for c in cs], dtype=float)
+                tf = np.array([[c.get(t, 0) for t in terms] for c in cs], dtype=float)
+                tf = tf.reshape(len(cs), len(terms))
+                if self.retriever is not None:
+                    fi = self.retriever._require_index()[f]
+                    df, n, avgdl = fi.doc_freqs(terms), len(self.retriever), fi.avgdl
+                else:
+                    df, n, avgdl = (tf > 0).sum(axis=0), len(docs), float(dl.mean())
+                total += w * _bm25(tf, dl, df, qw, n, avgdl, params)
+            out.append(total)
         return out
 
     def __repr__(self) -> str:
         stats = f"corpus of {len(self.retriever)}" if self.retriever is not None else "candidate lists"
-        return f"BM25Ranker(method={self.method!r}, k1={self.k1}, b={self.b}, idf from {stats})"
+        f = _bf.fields_repr(self)
+        return f"BM25Ranker(method={self.method!r}, k1={self.k1}, b={self.b}{f}, idf from {stats})"
