@@ -207,3 +207,12 @@ def test_readme_method_table_matches_registry():
     assert prefixes == {m.prefix for m in METHODS}
     commands = [ln.split("#")[0].strip() for ln in readme.split("\n\n")[1].splitlines()]
     assert commands == ["make demo", "make test"]  # the two set-up commands open the README
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs(capsys):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("1 0 ") and printed[1].startswith("2 w1 ")
