@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .base import Capabilities, Ranker
+from .strategies.base import rank_scores
 from .types import Document, ScoreKind
 
 __all__ = ["Pipeline"]
@@ -80,10 +81,4 @@ class Pipeline(Ranker):
             for i, res in zip(keep, results):
                 new_head = [heads[i][r.index] for r in res]
                 orders[i] = new_head + orders[i][len(heads[i]) :]
-        out = []
-        for order in orders:
-            n = len(order)
-            scores = np.zeros(n)
-            scores[order] = 1.0 - np.arange(n) / n
-            out.append(scores)
-        return out
+        return [rank_scores(order, len(order)) for order in orders]
