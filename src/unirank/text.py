@@ -81,7 +81,9 @@ def _word_spans(tokenizer: _FastTokenizer, text: str) -> list[tuple[int, int, in
     Slices made of whole words re-tokenise to exactly the tokens they had in the full text, which a cut in
     the middle of a word (``"knead"`` -> ``"k" "##nea" "##d"``) would not.
     """
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    enc = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
+    )
     offsets = enc["offset_mapping"]
     try:
         word_ids = enc.word_ids()

@@ -66,7 +66,7 @@ _ID_KEYS = ("id", "_id", "doc_id", "docid")
 def _doc_from_mapping(obj: Mapping[str, Any], index: int) -> Document:
     text = None
     for key in _TEXT_KEYS:
-        if key in obj:
+        if obj.get(key) is not None:
             text = obj[key]
             break
     if text is None:
@@ -100,12 +100,19 @@ def to_documents(docs: Sequence[DocLike] | None) -> list[Document]:
         raise TypeError("documents must be a sequence of str / Document / dict, not None")
     if isinstance(docs, (str, bytes)):
         raise TypeError("documents must be a sequence of documents, not a single string")
+    if isinstance(docs, Mapping):
+        raise TypeError(
+            "documents must be a sequence, not a mapping; for {id: text} pass "
+            "[{'id': k, 'text': v} for k, v in docs.items()]"
+        )
     out: list[Document] = []
     for i, doc in enumerate(docs):
         if isinstance(doc, Document):
             if not isinstance(doc.text, str):
                 raise TypeError(f"document at index {i} has non-text content: {type(doc.text).__name__}")
-            out.append(doc if doc.id is not None else Document(doc.text, str(i), doc.metadata))
+            if doc.id is None or not isinstance(doc.id, str):
+                doc = Document(doc.text, str(i) if doc.id is None else str(doc.id), doc.metadata)
+            out.append(doc)
         elif isinstance(doc, str):
             out.append(Document(doc, str(i)))
         elif isinstance(doc, Mapping):
@@ -115,6 +122,15 @@ def to_documents(docs: Sequence[DocLike] | None) -> list[Document]:
             raise TypeError(
                 f"document at index {i} is a {type(doc).__name__}; expected str, Document or dict with 'text'"
             )
+    if len({d.id for d in out}) != len(out):
+        seen: dict[str | None, int] = {}
+        for i, d in enumerate(out):
+            if d.id in seen:
+                raise ValueError(
+                    f"documents at index {seen[d.id]} and {i} share the id {d.id!r} (documents without an id "
+                    "get their position as id); ids must be unique within a candidate list"
+                )
+            seen[d.id] = i
     return out
 
 
@@ -163,8 +179,9 @@ class Result:
 
 
 def _json_float(x: float) -> float | None:
+    """JSON has no NaN / infinity: an unscorable document's score is written as ``null``."""
     x = float(x)
-    return None if math.isnan(x) else x
+    return x if math.isfinite(x) else None
 
 
 @dataclass

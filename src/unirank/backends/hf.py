@@ -57,10 +57,32 @@ def _packaged_dir(name: str) -> Path | None:
     return Path(mod.get_model_path())
 
 
-def local_model_dir(name_or_path: str | os.PathLike[str], *, revision: str | None = None) -> Path:
+# What a hub download fetches: configs, tokenizers and safetensors weights, never duplicate ONNX / OpenVINO /
+# pickled copies (``.bin`` only with ``allow_pickle``); ``config_only`` fetches just the JSON files.
+HUB_PATTERNS = (
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    "*_Pooling/*",
+    "*_Dense/*",
+    "*_Normalize/*",
+)
+
+
+def local_model_dir(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    config_only: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
     """Resolve a model id or path to a local folder (a path, a packaged model, or the hub cache).
 
     Downloads only when the hub is reachable and ``HF_HUB_OFFLINE`` is not set; otherwise uses what is cached.
+    Only the files a ranker reads are fetched (:data:`HUB_PATTERNS`); ``config_only=True`` (spec resolution)
+    fetches the JSON files alone.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -72,7 +94,8 @@ def local_model_dir(name_or_path: str | os.PathLike[str], *, revision: str | Non
     if "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
         hub = require("huggingface_hub", "hf", "huggingface-hub")
         try:
-            return Path(hub.snapshot_download(name, revision=revision))
+            patterns = ["*.json"] if config_only else [*HUB_PATTERNS, *(["*.bin"] if allow_pickle else [])]
+            return Path(hub.snapshot_download(name, revision=revision, allow_patterns=patterns))
         except Exception as exc:
             if packaged is not None:
                 logger.info("using the packaged copy of %s (%s)", name, type(exc).__name__)
@@ -172,22 +195,56 @@ def load_model(
     return model
 
 
+# Models whose position ids start at ``pad_token_id + 1`` (max_position_embeddings 514 -> 512 usable).
+_OFFSET_POSITION_MODELS = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "mpnet",
+        "longformer",
+        "data2vec-text",
+        "ibert",
+        "roberta-prelayernorm",
+        "luke",
+        "markuplm",
+        "layoutlmv3",
+        "bart",
+    }
+)
+
+
 def max_model_length(tokenizer: Any, config: Any, requested: int | None) -> int:
     """The usable sequence length: the request, capped by what the model's positions allow."""
-    limits = [
-        v
-        for v in (
-            getattr(config, "max_position_embeddings", None),
-            getattr(tokenizer, "model_max_length", None),
-        )
-        if isinstance(v, int) and 0 < v < 1_000_000
-    ]
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # position ids start after padding_idx
+    limits = [v for v in (positions, getattr(tokenizer, "model_max_length", None)) if isinstance(v, int)]
+    limits = [v for v in limits if 0 < v < 1_000_000]
     cap = min(limits) if limits else 512
     if requested is None:
         return cap
     if requested < 8:
         raise ValueError(f"max_length={requested} is too small")
     return min(requested, cap)
+
+
+def split_passages(
+    tokenizer: Any, text: str, requested: int | None, window: int, overlap: int, max_passages: int
+) -> list[str]:
+    """Passages of ``requested`` tokens (default and cap: ``window``), token-accurate with a fast tokenizer,
+    whitespace words otherwise. A request larger than the window is clamped (its tail would be cut unseen)."""
+    from ..text import split_token_passages, split_words
+
+    size = requested or window
+    if size > window:
+        logger.warning("passage_tokens=%d exceeds the model window of %d; using %d", size, window, window)
+        size = window
+    overlap = min(overlap, size - 1)
+    if not getattr(tokenizer, "is_fast", False):
+        return split_words(text, size, overlap, max_passages)
+    return split_token_passages(tokenizer, text, size, overlap, max_passages)
 
 
 def tokenize(

@@ -6,7 +6,8 @@ with ``trust_remote_code=True``, mxbai-rerank-v1, ms-marco-* ...). Score convent
 - ``num_labels == 1``: the single logit (ms-marco-MiniLM, bge-reranker): a relevance log-odds.
 - ``num_labels == 2``: ``logit[1] - logit[0]``, the log-odds of the "relevant" class, so ``sigmoid(score)``
   equals ``softmax(logits)[1]`` exactly (older MS MARCO BERT / ELECTRA rerankers).
-- more labels: pass ``label=`` (index or name from ``id2label``) and the score is that label's log-odds.
+- more labels (or a 2-label head whose relevant class is 0): pass ``label=`` (index or name from
+  ``id2label``) and the score is that label's log-odds ``log(p / (1 - p))``.
 
 Scores are therefore always :attr:`ScoreKind.LOGIT`; ``normalize="auto"`` gives probabilities.
 """
@@ -38,7 +39,8 @@ class CrossEncoderRanker(PointwiseRanker):
             ``longest_first`` (the query keeps its tokens unless it is the longer side).
         batch_size: most pairs per forward; ``max_tokens_per_batch`` caps ``batch * longest pair``.
         dtype: ``"fp32"`` / ``"fp16"`` / ``"bf16"``; default fp32 on CPU, fp16 on CUDA.
-        label: which class is "relevant" for heads with more than two labels.
+        label: which class is "relevant" (index or ``id2label`` name); default 1 for 2-label heads, required
+            for heads with more labels.
         long_docs, passage_tokens, passage_overlap, max_passages: see :class:`~unirank.base.PointwiseRanker`.
         trust_remote_code, allow_pickle: opt-ins for custom model code and pickled weights.
 
@@ -84,7 +86,7 @@ class CrossEncoderRanker(PointwiseRanker):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model_name_or_path = model_name_or_path
-        self.path = hf.local_model_dir(model_name_or_path, revision=revision)
+        self.path = hf.local_model_dir(model_name_or_path, revision=revision, allow_pickle=allow_pickle)
         config = hf.read_json(self.path / "config.json")
         archs = config.get("architectures") or []
         if not any(str(a).endswith("ForSequenceClassification") for a in archs):
@@ -108,51 +110,48 @@ class CrossEncoderRanker(PointwiseRanker):
         self.num_labels = int(self.model.config.num_labels)
         self.label_index = self._label_index(label)
 
-    def _label_index(self, label: int | str | None) -> int | None:
-        if self.num_labels <= 2:
-            if label is not None and label not in (1, "1"):
-                logger.info(
-                    "label=%r ignored: a %d-label head has a fixed convention", label, self.num_labels
-                )
-            return None
+    def _label_index(self, label: int | str | None) -> int:
+        if self.num_labels == 1:
+            if label not in (None, 0, "0"):
+                raise SpecError(f"label={label!r}: a single-logit head has no class to choose")
+            return 0
         id2label = {int(k): str(v) for k, v in (self.model.config.id2label or {}).items()}
         if label is None:
+            if self.num_labels == 2:
+                return 1  # the convention of 2-label rerankers: class 1 = relevant
             raise SpecError(
                 f"this head has {self.num_labels} labels {id2label}; pass label=<index or name> to say "
                 "which one means 'relevant'"
             )
-        if isinstance(label, int) and 0 <= label < self.num_labels:
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_labels:
             return label
         for idx, lab in id2label.items():
-            if lab == label:
+            if lab == str(label):
                 return idx
         raise SpecError(f"label={label!r} is not one of {id2label}")
 
     def _logits_to_scores(self, logits: Any) -> np.ndarray:
         x = logits.float()
+        li = self.label_index
         if self.num_labels == 1:
             return x[:, 0].cpu().numpy()
         if self.num_labels == 2:
-            return (x[:, 1] - x[:, 0]).cpu().numpy()
+            return (x[:, li] - x[:, 1 - li]).cpu().numpy()
         logp = x.log_softmax(-1)
-        p = logp[:, self.label_index]
         # log(p / (1 - p)) computed stably from log-probabilities
         rest = logp.clone()
-        rest[:, self.label_index] = float("-inf")
-        return (p - rest.logsumexp(-1)).cpu().numpy()
+        rest[:, li] = float("-inf")
+        return (logp[:, li] - rest.logsumexp(-1)).cpu().numpy()
 
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:
         inputs = hf.collate(batch, self.tokenizer, self.device)
         return self._logits_to_scores(self.model(**inputs).logits)
 
     def _split_passages(self, text: str) -> list[str]:
-        from ..text import split_token_passages, split_words
-
-        size = self.passage_tokens or max(self.max_length - 64, 16)
-        if not getattr(self.tokenizer, "is_fast", False):
-            return split_words(text, size, min(self.passage_overlap, size - 1), self.max_passages)
-        return split_token_passages(
-            self.tokenizer, text, size, min(self.passage_overlap, size - 1), self.max_passages
+        # room for the query and the special tokens: passages default to max_length - 64 tokens
+        window = max(self.max_length - 64, 16)
+        return hf.split_passages(
+            self.tokenizer, text, self.passage_tokens, window, self.passage_overlap, self.max_passages
         )
 
     def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:

@@ -31,7 +31,9 @@ _POOLING_KEYS = {
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
     "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
 }
+POOLING_MODES = frozenset(_POOLING_KEYS.values())
 
 
 def read_st_layout(path: Path) -> dict[str, Any]:
@@ -55,7 +57,11 @@ def read_st_layout(path: Path) -> dict[str, Any]:
             modes = [v for k, v in _POOLING_KEYS.items() if cfg.get(k)] or [cfg.get("pooling_mode", "mean")]
             if len(modes) != 1:
                 raise SpecError(f"{path}: concatenated pooling modes {modes} are not supported")
-            layout["pooling"] = modes[0]
+            mode = str(modes[0]).removeprefix("pooling_mode_").removesuffix("_tokens").replace("_token", "")
+            mode = {"mean_sqrt_len": "mean_sqrt_len", "weighted_mean": "weightedmean"}.get(mode, mode)
+            if mode not in POOLING_MODES:
+                raise SpecError(f"{path}: pooling mode {modes[0]!r} is not supported ({sorted(POOLING_MODES)})")
+            layout["pooling"] = mode
             layout["include_prompt"] = bool(cfg.get("include_prompt", True))
         elif kind == "Dense":
             layout["dense"].append(sub)
@@ -125,7 +131,7 @@ class EmbeddingRanker(PointwiseRanker):
         if kwargs:
             raise TypeError(f"unknown option(s) for an embedding ranker: {sorted(kwargs)}")
         self.model_name_or_path = model_name_or_path
-        self.path = hf.local_model_dir(model_name_or_path, revision=revision)
+        self.path = hf.local_model_dir(model_name_or_path, revision=revision, allow_pickle=allow_pickle)
         self.layout = read_st_layout(self.path)
         self.device = hf.pick_device(device)
         self.tokenizer = hf.load_tokenizer(self.layout["transformer"], trust_remote_code=trust_remote_code)
@@ -154,6 +160,8 @@ class EmbeddingRanker(PointwiseRanker):
         self.score_kind = ScoreKind.SIMILARITY if self.cosine else ScoreKind.UNBOUNDED
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self.cache_hits = 0
@@ -219,11 +227,9 @@ class EmbeddingRanker(PointwiseRanker):
 
     # -- scoring ------------------------------------------------------------------------------------------
     def _split_passages(self, text: str) -> list[str]:
-        from ..text import split_token_passages
-
-        size = self.passage_tokens or max(self.max_length - 2, 8)
-        return split_token_passages(
-            self.tokenizer, text, size, min(self.passage_overlap, size - 1), self.max_passages
+        window = max(self.max_length - 2, 8)  # [CLS] ... [SEP]
+        return hf.split_passages(
+            self.tokenizer, text, self.passage_tokens, window, self.passage_overlap, self.max_passages
         )
 
     def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
@@ -236,7 +242,8 @@ class EmbeddingRanker(PointwiseRanker):
             return dots
         norms = np.linalg.norm(q, axis=1) * np.linalg.norm(d, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
+            cos = np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
+        return np.where(np.isnan(norms), np.nan, cos)  # a text that failed to encode stays unscorable
 
     def cache_info(self) -> dict[str, int]:
         """Hits, misses and size of the document-embedding cache."""
@@ -251,6 +258,9 @@ def _pool(torch: Any, hidden: Any, mask: Any, mode: str, left_padded: bool) -> A
         total = (hidden * m).sum(1)
         count = m.sum(1).clamp(min=1e-9)
         return total / (count if mode == "mean" else count.sqrt())
+    if mode == "weightedmean":  # position-weighted mean (weights 1..L), as sentence-transformers computes it
+        w = m * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)[None, :, None]
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
     if mode == "max":
         return hidden.masked_fill(m == 0, float("-inf")).max(1).values
     if mode == "lasttoken":
