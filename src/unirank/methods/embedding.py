@@ -60,7 +60,8 @@ def read_st_layout(path: Path) -> dict[str, Any]:
             mode = str(modes[0]).removeprefix("pooling_mode_").removesuffix("_tokens").replace("_token", "")
             mode = {"mean_sqrt_len": "mean_sqrt_len", "weighted_mean": "weightedmean"}.get(mode, mode)
             if mode not in POOLING_MODES:
-                raise SpecError(f"{path}: pooling mode {modes[0]!r} is not supported ({sorted(POOLING_MODES)})")
+                supported = sorted(POOLING_MODES)
+                raise SpecError(f"{path}: pooling mode {modes[0]!r} is not supported ({supported})")
             layout["pooling"] = mode
             layout["include_prompt"] = bool(cfg.get("include_prompt", True))
         elif kind == "Dense":
