@@ -11,6 +11,11 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[dev]"
+	# Test oracle for ColBERT parity: pylate pins an older transformers, so it and datasets go in without
+	# their pins (only pylate's scoring code is used, through tests/test_late_interaction.py).
+	$(BIN)/python -m pip install --quiet --no-deps pylate==1.2.0 datasets==5.0.1
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt pyarrow "dill<0.4.2" "multiprocess<0.70.20" \
+		xxhash pandas requests
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -36,8 +36,9 @@ class Overlap(Ranker):
 def test_import_is_light_and_lazy():
     code = (
         "import sys, unirank; from unirank import Reranker, Document, RankedResults, Pipeline, Fusion; "
-        "import unirank.eval, unirank.registry, unirank.cli; "
-        "heavy = [m for m in ('torch', 'transformers', 'bm25s', 'ir_measures') if m in sys.modules]; "
+        "import unirank.eval, unirank.registry, unirank.cli; unirank.cli.build_parser(); "
+        "heavy = [m for m in ('torch', 'transformers', 'bm25s', 'ir_measures', 'fastapi', 'ray', 'httpx', "
+        "'matplotlib', 'yaml', 'onnxruntime') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -203,8 +204,11 @@ def test_readme_method_table_matches_registry():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Methods", 1)[1].split("\n## ", 1)[0]
     table = [ln for ln in section.splitlines() if ln.startswith("| `")]
-    prefixes = {ln.split("`")[1].split(":")[0] for ln in table}
-    assert prefixes == {m.prefix for m in METHODS}
+    rows = {ln.split("`")[1].split(":")[0]: [c.strip() for c in ln.split("|")[1:-1]] for ln in table}
+    assert set(rows) == {m.prefix for m in METHODS}
+    for m in METHODS:  # the scores and extra columns say what the registry says
+        assert rows[m.prefix][2].startswith(m.score_kind), m.prefix
+        assert rows[m.prefix][3] == f"`{m.extra}`", m.prefix
     commands = [ln.split("#")[0].strip() for ln in readme.split("\n\n")[1].splitlines()]
     assert commands == ["make demo", "make test"]  # the two set-up commands open the README
 

@@ -35,7 +35,7 @@ def test_failed_embedding_scores_nan_and_ranks_last(embed, monkeypatch):
 def test_mapping_docs_and_duplicate_ids_are_errors():
     with pytest.raises(TypeError, match="not a mapping"):
         to_documents({"d1": "sunny", "d2": "rain"})
-    with pytest.raises(ValueError, match="share the id '0'"):
+    with pytest.raises(ValueError, match="duplicate document id '0'"):
         to_documents(["x", {"id": "0", "text": "y"}])
     assert to_documents([Document("a", 5)])[0].id == "5"  # type: ignore[arg-type]
     assert to_documents([{"text": None, "content": "abc"}])[0].text == "abc"
@@ -130,3 +130,9 @@ def test_score_kind_is_declared_by_every_registered_family():
 
     for m in METHODS:
         assert m.score_kind in {k.value for k in ScoreKind}, m.prefix
+
+
+def test_text_only_rankers_refuse_image_documents():
+    img = Document("caption", "p1", {"image": b"\x89PNG\r\n"})
+    with pytest.raises(TypeError, match="image document at index 1"):
+        Reranker("bm25").rank("cats", [Document("text", "t"), img])

@@ -46,6 +46,8 @@ class Ranker(ABC):
 
     score_kind: ScoreKind = ScoreKind.UNBOUNDED
     capabilities: Capabilities = Capabilities()
+    #: rankers that read images (``Document.metadata["image"]``) set this; the others reject image documents
+    accepts_images: bool = False
 
     def __init__(self, name: str = "", calibrator: PlattCalibrator | None = None) -> None:
         self.name = name or type(self).__name__
@@ -173,6 +175,14 @@ class Ranker(ABC):
             raise ValueError(f"{len(queries)} queries but {len(docs_lists)} candidate lists; they must match")
         qs = [check_query(q) for q in queries]
         ds = [to_documents(d) for d in docs_lists]
+        if not self.accepts_images:
+            for docs in ds:
+                for i, d in enumerate(docs):
+                    if d.metadata.get("image") is not None:
+                        raise TypeError(
+                            f"{self.name} reads text only but got an image document at index {i} "
+                            "(metadata['image']); use a vision-language ranker such as 'vlm:<model>'"
+                        )
         return qs, ds
 
     def _score_nonempty(
@@ -234,6 +244,8 @@ class PointwiseRanker(Ranker):
     the model's window: ``"truncate"`` (default; token-accurate) or split into passages of
     ``passage_tokens`` tokens (``passage_overlap`` shared) and aggregate passage scores by ``"max"``
     (MaxP), ``"first"``, ``"sum"`` or ``"mean"``. At most ``max_passages`` passages are scored per document.
+    ``cache`` (a :class:`~unirank.cache.ScoreCache`, or ``True`` for an in-memory LRU) answers pairs this
+    configuration already scored; it is kept as :attr:`score_cache`.
     """
 
     capabilities = Capabilities(pointwise=True, long_documents=True)
@@ -247,8 +259,12 @@ class PointwiseRanker(Ranker):
         passage_overlap: int = 32,
         max_passages: int = 128,
         calibrator: PlattCalibrator | None = None,
+        cache: Any = None,
     ) -> None:
         super().__init__(name, calibrator=calibrator)
+        from .cache import as_cache
+
+        self.score_cache = as_cache(cache)
         if long_docs not in LONG_DOC_MODES:
             raise ValueError(f"long_docs={long_docs!r}; expected one of {LONG_DOC_MODES}")
         if max_passages < 1:
@@ -275,6 +291,21 @@ class PointwiseRanker(Ranker):
         return split_words(text, size, self.passage_overlap, self.max_passages)
 
     def _score_many(
+        self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False
+    ) -> list[np.ndarray]:
+        if getattr(self, "score_cache", None) is not None:
+            from .cache import cached_score_many, ranker_fingerprint
+
+            return cached_score_many(
+                self.score_cache,
+                ranker_fingerprint(self),
+                queries,
+                docs_lists,
+                lambda q, d: self._score_many_uncached(q, d, show_progress),
+            )
+        return self._score_many_uncached(queries, docs_lists, show_progress)
+
+    def _score_many_uncached(
         self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False
     ) -> list[np.ndarray]:
         pair_q: list[str] = []

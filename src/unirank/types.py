@@ -127,7 +127,7 @@ def to_documents(docs: Sequence[DocLike] | None) -> list[Document]:
         for i, d in enumerate(out):
             if d.id in seen:
                 raise ValueError(
-                    f"documents at index {seen[d.id]} and {i} share the id {d.id!r} (documents without an id "
+                    f"duplicate document id {d.id!r} at index {seen[d.id]} and {i} (documents without an id "
                     "get their position as id); ids must be unique within a candidate list"
                 )
             seen[d.id] = i

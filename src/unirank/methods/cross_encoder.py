@@ -43,6 +43,10 @@ class CrossEncoderRanker(PointwiseRanker):
             for heads with more labels.
         long_docs, passage_tokens, passage_overlap, max_passages: see :class:`~unirank.base.PointwiseRanker`.
         trust_remote_code, allow_pickle: opt-ins for custom model code and pickled weights.
+        backend: ``"torch"`` (default) or ``"onnx"`` (onnxruntime on CPU; the model is exported once and
+            cached, see :mod:`unirank.backends.onnx`); ``quantize="int8"`` runs it with dynamic int8
+            weights; ``onnx_threads`` sets onnxruntime's intra-op threads.
+        cache: a :class:`~unirank.cache.ScoreCache` (or ``True`` for an in-memory LRU) of pair scores.
 
     Example (a tiny model built on the spot, loaded through the public path):
 
@@ -71,6 +75,9 @@ class CrossEncoderRanker(PointwiseRanker):
         allow_pickle: bool = False,
         revision: str | None = None,
         name: str | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+        onnx_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -80,6 +87,7 @@ class CrossEncoderRanker(PointwiseRanker):
             passage_overlap=passage_overlap,
             max_passages=max_passages,
             calibrator=kwargs.pop("calibrator", None),
+            cache=kwargs.pop("cache", None),
         )
         if kwargs:
             raise TypeError(f"unknown option(s) for a cross-encoder: {sorted(kwargs)}")
@@ -109,6 +117,12 @@ class CrossEncoderRanker(PointwiseRanker):
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.num_labels = int(self.model.config.num_labels)
         self.label_index = self._label_index(label)
+        self.backend, self.quantize = backend, quantize
+        self._onnx = None
+        if backend != "torch" or quantize is not None:
+            from ..backends.onnx import onnx_forward_for
+
+            self._onnx = onnx_forward_for(self, "seqcls", backend, quantize, dtype, onnx_threads)
 
     def _label_index(self, label: int | str | None) -> int:
         if self.num_labels == 1:
@@ -144,6 +158,9 @@ class CrossEncoderRanker(PointwiseRanker):
         return (logp[:, li] - rest.logsumexp(-1)).cpu().numpy()
 
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:
+        if self._onnx is not None:
+            torch, _ = hf.torch_modules()
+            return self._logits_to_scores(torch.from_numpy(self._onnx(batch)))
         inputs = hf.collate(batch, self.tokenizer, self.device)
         return self._logits_to_scores(self.model(**inputs).logits)
 

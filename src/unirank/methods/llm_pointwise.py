@@ -1,0 +1,268 @@
+"""Pointwise LLM re-rankers: yes/no relevance logits, fine-grained graded labels, query likelihood.
+
+Spec grammar (shared by ``llm-pointwise:``, ``llm-listwise:`` and ``icr:``)::
+
+    llm-pointwise:<model>                 a local causal LM: HF id, folder, file.gguf, or "gemma3-270m"
+    llm-pointwise:openai:<server model>   an OpenAI-compatible server ($OPENAI_BASE_URL / $OPENAI_API_KEY)
+    llm-pointwise:<server model>  + base_url="http://host:8000/v1"   (base_url also selects the server)
+
+Options: ``mode="yesno"`` (default), ``"graded"`` or ``"likelihood"``; ``prompt=`` a name from
+:data:`unirank.prompts.PROMPTS` or your own template string; ``labels=`` the label words. Local engine
+options (``gguf_file``, ``device``, ``dtype``, ``max_length``, ``batch_size``) and server options
+(``api_key``, ``timeout``, ``max_retries``, ``concurrency``, ``endpoint="completions"|"chat"``,
+``top_logprobs``) pass through; ``engine=`` reuses an already built engine.
+
+Scores:
+
+- ``yesno``: ``logit(yes) - logit(no)`` at the next token (:attr:`ScoreKind.LOGIT`; ``sigmoid`` of it is
+  P(yes | yes or no)), as monoT5 / Qwen3-Reranker do.
+- ``graded``: the expected label ``sum_k k * P(k)`` under the label-token distribution restricted to the
+  labels ``0..K`` (ERank / ProRank style; :attr:`ScoreKind.UNBOUNDED`, in ``[0, K]``).
+- ``likelihood``: mean log-probability of the query tokens given the document, p(query | doc) (UPR;
+  also a "reviewer" score for generated candidates; :attr:`ScoreKind.UNBOUNDED`).
+
+A server's ``top_logprobs`` list may miss a label; the label then gets the smallest listed log-probability
+(an upper bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..base import PointwiseRanker, _aggregate
+from ..prompts import PointwisePrompt, get_prompt
+from ..types import Document, ScoreKind
+
+__all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "label_logprob"]
+
+logger = logging.getLogger(__name__)
+
+_SERVER_OPTIONS = ("base_url", "api_key", "timeout", "max_retries", "backoff", "max_backoff", "concurrency")
+_SERVER_OPTIONS += ("headers", "transport")
+_LOCAL_OPTIONS = ("gguf_file", "device", "dtype", "max_length", "batch_size", "max_tokens_per_batch")
+_LOCAL_OPTIONS += ("trust_remote_code", "allow_pickle", "revision", "cache_converted", "attn_implementation")
+
+
+def build_engine(model: Any, options: dict[str, Any]) -> Any:
+    """The engine a model argument names (see the grammar above); consumes engine options from ``options``.
+
+    ``model`` may already be an engine (``CausalLM`` / ``OpenAICompatEngine``).
+    """
+    from ..backends.causal_lm import CausalLM
+    from ..backends.openai_compat import OpenAICompatEngine
+
+    engine = options.pop("engine", None)
+    if engine is not None or isinstance(model, (CausalLM, OpenAICompatEngine)):
+        return engine if engine is not None else model
+    if not model:
+        raise ValueError("an LLM ranker needs a model (e.g. 'gemma3-270m' or 'openai:<name>') or engine=")
+    model = str(model)
+    if model.startswith("openai:") or options.get("base_url"):
+        kw = {k: options.pop(k) for k in _SERVER_OPTIONS if k in options}
+        return OpenAICompatEngine(model.removeprefix("openai:"), **kw)
+    kw = {k: options.pop(k) for k in _LOCAL_OPTIONS if k in options}
+    return CausalLM.shared(model, **kw)
+
+
+def is_local(engine: Any) -> bool:
+    return hasattr(engine, "next_token_logprobs")
+
+
+def fit_document(engine: Any, render: Any, doc: str, reserve: int = 0, what: str = "prompt") -> list[int]:
+    """Token ids of ``render(doc)``, the document cut (token-accurately) so the prompt plus ``reserve`` tokens
+    fit the context. Raises ``ValueError`` naming the limit when not even an empty document fits."""
+    from ..text import truncate_tokens
+
+    limit = engine.max_length - reserve
+    ids = engine.encode(render(doc))
+    if len(ids) <= limit:
+        return ids  # type: ignore[no-any-return]
+    overhead = len(engine.encode(render("")))
+    budget = limit - overhead
+    for _ in range(4):
+        if budget < 1:
+            raise ValueError(
+                f"the context limit of {engine.max_length} tokens is too small for this {what}: it needs "
+                f"{overhead + reserve} tokens before any document text"
+            )
+        ids = engine.encode(render(truncate_tokens(engine.tokenizer, doc, budget)))
+        if len(ids) <= limit:
+            return ids  # type: ignore[no-any-return]
+        budget -= len(ids) - limit
+    raise ValueError(f"could not fit the document into {limit} tokens")
+
+
+def label_logprob(top: dict[str, float], label: str, prefix: str = " ") -> float:
+    """A label's log-probability from a server's top-logprobs: the token ``prefix + label`` (what a local
+    engine scores), else ``label``, else the variants equal to it without surrounding whitespace, summed; the
+    smallest listed value when absent (an upper bound), ``-inf`` for an empty list.
+
+    >>> label_logprob({" yes": -0.5, "yes": -2.0, " no": -1.5}, "yes")
+    -0.5
+    >>> label_logprob({" no": -1.5}, "yes")
+    -1.5
+    """
+    for exact in (prefix + label, label):
+        if exact in top:
+            return float(top[exact])
+    hits = [v for t, v in top.items() if t.strip() == label]
+    if hits:
+        return float(np.logaddexp.reduce(hits))
+    return float(min(top.values())) if top else float("-inf")
+
+
+class LLMPointwiseRanker(PointwiseRanker):
+    """Scores each (query, document) with a causal LM (see the module docstring for modes and specs).
+
+    >>> r = LLMPointwiseRanker("gemma3-270m", mode="yesno")                  # doctest: +SKIP
+    >>> r.rank("what causes rain", ["Rain is condensed vapour.", "Cats purr."]).top(1)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        mode: str = "yesno",
+        prompt: Any = None,
+        labels: tuple[str, ...] | list[str] | None = None,
+        endpoint: str = "completions",
+        top_logprobs: int = 20,
+        max_doc_words: int = 300,
+        long_docs: str = "truncate",
+        passage_tokens: int | None = None,
+        passage_overlap: int = 32,
+        max_passages: int = 128,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        modes = {"yesno": "pointwise", "graded": "graded", "likelihood": "likelihood"}
+        if mode not in modes:
+            raise ValueError(f"mode={mode!r}; expected one of {sorted(modes)}")
+        if endpoint not in ("completions", "chat"):
+            raise ValueError(f"endpoint={endpoint!r}; expected 'completions' or 'chat'")
+        super().__init__(
+            name or f"llm-pointwise:{model}",
+            long_docs=long_docs,
+            passage_tokens=passage_tokens,
+            passage_overlap=passage_overlap,
+            max_passages=max_passages,
+            calibrator=options.pop("calibrator", None),
+        )
+        self.engine = build_engine(model, options)
+        if options:
+            raise TypeError(f"unknown option(s) for llm-pointwise: {sorted(options)}")
+        self.mode, self.endpoint, self.top_logprobs = mode, endpoint, top_logprobs
+        self.max_doc_words = max_doc_words
+        default = {"yesno": "yesno", "graded": "graded", "likelihood": "query-likelihood"}[mode]
+        over = {"labels": tuple(labels)} if labels is not None else {}
+        self.prompt: PointwisePrompt = get_prompt(prompt or default, modes[mode], **over)
+        if mode != "likelihood" and len(self.prompt.labels) < 2:
+            raise ValueError(f"mode={mode!r} needs at least two labels, got {self.prompt.labels}")
+        if mode == "likelihood" and not is_local(self.engine) and endpoint == "chat":
+            raise ValueError("mode='likelihood' needs prompt log-probabilities: use endpoint='completions'")
+        self.score_kind = ScoreKind.LOGIT if mode == "yesno" else ScoreKind.UNBOUNDED
+        self._suffix, self._label_ids = "", []
+        if mode != "likelihood" and is_local(self.engine):
+            self._suffix, self._label_ids = self._local_labels()
+
+    def _local_labels(self) -> tuple[str, list[int]]:
+        """Label token ids. When ``prefix + label`` starts with a bare-space token (Gemma writes " 0" as "▁",
+        "0"), the space moves into the prompt and the label's own token is used."""
+        pre = self.prompt.label_prefix
+        encs = [self.engine.encode(pre + w, special=False) for w in self.prompt.labels]
+        tok = self.engine.tokenizer
+        if pre and all(len(e) > 1 and not tok.decode(e[:1]).strip() for e in encs):
+            return pre, [self.engine.token_id(w) for w in self.prompt.labels]
+        ids = [e[0] for e in encs]
+        if len(set(ids)) < len(ids):
+            raise ValueError(f"labels {self.prompt.labels} do not start with distinct tokens")
+        return "", ids
+
+    def _values(self) -> np.ndarray:
+        try:
+            return np.array([float(x) for x in self.prompt.labels])
+        except ValueError:
+            return np.arange(len(self.prompt.labels), dtype=np.float64)[::-1]
+
+    def _finish_labels(self, lp: np.ndarray) -> np.ndarray:
+        if self.mode == "yesno":
+            return lp[:, 0] - lp[:, 1]
+        p = np.exp(lp - lp.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return p @ self._values()
+
+    def _cut(self, text: str) -> str:
+        words = text.split()
+        return " ".join(words[: self.max_doc_words]) if len(words) > self.max_doc_words else text
+
+    # -- local --------------------------------------------------------------------------------------------
+    def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
+        if not is_local(self.engine):
+            from ..backends.openai_compat import run_sync
+
+            return run_sync(self._ascore_pairs(queries, texts))  # type: ignore[no-any-return]
+        if self.mode == "likelihood":
+            prompts, conts = [], []
+            for q, t in zip(queries, texts):
+                cont = self.engine.encode(self.prompt.continuation.format(query=q), special=False)
+                prompts.append(
+                    fit_document(self.engine, lambda d: self.prompt.template.format(document=d), t, len(cont))
+                )
+                conts.append(cont)
+            return np.array([float(np.mean(x)) for x in self.engine.continuation_logprobs(prompts, conts)])
+        prompts = [
+            fit_document(self.engine, lambda d, q=q: self.prompt.render(q, d) + self._suffix, t)
+            for q, t in zip(queries, texts)
+        ]
+        return self._finish_labels(self.engine.next_token_logprobs(prompts, self._label_ids))
+
+    # -- server -------------------------------------------------------------------------------------------
+    async def _aone(self, query: str, text: str) -> np.ndarray:
+        e, doc = self.engine, self._cut(text)
+        if self.mode == "likelihood":
+            prompt = self.prompt.template.format(document=doc)
+            cont = self.prompt.continuation.format(query=query)
+            got = await e.acomplete(prompt + cont, max_tokens=0, echo=True, logprobs=0)
+            vals = [
+                lp
+                for lp, off in zip(got.token_logprobs, got.text_offset)
+                if off >= len(prompt) and lp is not None
+            ]
+            return np.array([np.mean(vals) if vals else np.nan])
+        prompt = self.prompt.render(query, doc)
+        if self.endpoint == "chat":
+            got = await e.achat(
+                [{"role": "user", "content": prompt}], max_tokens=1, top_logprobs=self.top_logprobs
+            )
+        else:
+            got = await e.acomplete(prompt, max_tokens=1, logprobs=self.top_logprobs)
+        top = got.top_logprobs[0] if got.top_logprobs else {}
+        lp = np.array([[label_logprob(top, w, self.prompt.label_prefix) for w in self.prompt.labels]])
+        if not np.isfinite(lp).all():
+            return np.array([np.nan])
+        return self._finish_labels(lp)
+
+    async def _ascore_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        got = await asyncio.gather(*(self._aone(q, t) for q, t in zip(queries, texts)))
+        return np.concatenate(got) if got else np.zeros(0)
+
+    async def _ascore_many(
+        self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False
+    ) -> list[np.ndarray]:
+        if is_local(self.engine):
+            return await super()._ascore_many(queries, docs_lists, show_progress)
+        pair_q, pair_t, owner = [], [], []
+        for li, (q, docs) in enumerate(zip(queries, docs_lists)):
+            for di, doc in enumerate(docs):
+                pieces = [doc.text] if self.long_docs == "truncate" else self._split_passages(doc.text)
+                for piece in pieces or [""]:
+                    pair_q.append(q)
+                    pair_t.append(piece)
+                    owner.append((li, di))
+        flat = await self._ascore_pairs(pair_q, pair_t)
+        how = "first" if self.long_docs == "truncate" else self.long_docs
+        return _aggregate(flat, owner, [len(d) for d in docs_lists], how)

@@ -1,0 +1,220 @@
+"""Prompt templates for LLM re-rankers, as named data.
+
+Templates are ``str.format`` strings with named fields: pointwise prompts use ``{query}`` and ``{document}``;
+listwise prompts use ``{query}``, ``{num}`` (the window size) and, per passage, ``{id}`` and ``{passage}``.
+Pass a name from :data:`PROMPTS` or your own template string / dataclass to any LLM ranker.
+
+>>> p = get_prompt("yesno")
+>>> p.labels
+('yes', 'no')
+>>> p.render("what causes rain", "Rain is water.").endswith("Answer:")
+True
+>>> get_prompt("Q: {query} D: {document} Relevant?", kind="pointwise").labels
+('yes', 'no')
+>>> m = render_listwise(get_prompt("rankzephyr", "listwise"), "rain", ["a", "b"], ["1", "2"])
+>>> [x["role"] for x in m]
+['system', 'user']
+>>> "[2] b" in m[1]["content"]
+True
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, replace
+from typing import Any
+
+__all__ = [
+    "PROMPTS",
+    "ListwisePrompt",
+    "PointwisePrompt",
+    "get_prompt",
+    "identifiers",
+    "messages_to_text",
+    "render_listwise",
+]
+
+
+@dataclass(frozen=True)
+class PointwisePrompt:
+    """A (query, document) prompt whose next token is one of ``labels`` (yes/no, or grades ``0..k``), or,
+    for query likelihood, a prompt from the document alone followed by ``continuation``."""
+
+    name: str
+    template: str
+    labels: tuple[str, ...] = ("yes", "no")
+    label_prefix: str = " "  # what precedes a label word when the model writes it (" yes" after "Answer:")
+    continuation: str = " {query}"  # query likelihood: the scored text after the prompt
+
+    def render(self, query: str, document: str) -> str:
+        return self.template.format(query=query, document=document)
+
+
+@dataclass(frozen=True)
+class ListwisePrompt:
+    """A listwise ranking prompt as chat messages.
+
+    ``per_passage_turns`` (RankGPT) puts each passage in its own user turn followed by an assistant
+    acknowledgement; otherwise (RankZephyr) all passages go in one user turn.
+    """
+
+    name: str
+    system: str
+    prefix: str
+    passage: str
+    suffix: str
+    per_passage_turns: bool = False
+    ack: str = "Received passage [{id}]."
+    first_ack: str = "Okay, please provide the passages."
+
+
+_YESNO = (
+    "Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer yes or no.\nAnswer:"
+)
+_QWEN3 = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n"
+    "<Query>: {query}\n<Document>: {document}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+_GRADED = (
+    "Query: {query}\nDocument: {document}\n"
+    "How relevant is the document to the query, on a scale from 0 (not relevant) to 3 (perfectly "
+    "relevant)?\nRelevance:"
+)
+_QLM = "Passage: {document}\nPlease write a question based on this passage.\nQuestion:"
+
+_RANK_SYSTEM = (
+    "You are {who}, an intelligent assistant that can rank passages based on their relevancy to the query."
+)
+_RANKGPT_SUFFIX = (
+    "Search Query: {query}. \nRank the {num} passages above based on their relevance to the search query. "
+    "The passages should be listed in descending order using identifiers. The most relevant passages should "
+    "be listed first. The output format should be [] > [], e.g., [{ex1}] > [{ex2}]. Only response the "
+    "ranking results, do not say any word or explain."
+)
+_ZEPHYR_SUFFIX = (
+    "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search query. "
+    "All the passages should be included and listed using identifiers, in descending order of relevance. "
+    "The output format should be [] > [], e.g., [{ex1}] > [{ex2}]. Only respond with the ranking results, "
+    "do not say any word or explain."
+)
+
+PROMPTS: dict[str, PointwisePrompt | ListwisePrompt] = {
+    "yesno": PointwisePrompt("yesno", _YESNO),
+    "qwen3-reranker": PointwisePrompt("qwen3-reranker", _QWEN3, label_prefix=""),
+    "graded": PointwisePrompt("graded", _GRADED, labels=("0", "1", "2", "3")),
+    "query-likelihood": PointwisePrompt("query-likelihood", _QLM, labels=()),
+    "rankgpt": ListwisePrompt(
+        "rankgpt",
+        _RANK_SYSTEM.format(who="RankGPT"),
+        "I will provide you with {num} passages, each indicated by number identifier []. \n"
+        "Rank the passages based on their relevance to query: {query}.",
+        "[{id}] {passage}",
+        _RANKGPT_SUFFIX,
+        per_passage_turns=True,
+    ),
+    "rankzephyr": ListwisePrompt(
+        "rankzephyr",
+        _RANK_SYSTEM.format(who="RankLLM"),
+        "I will provide you with {num} passages, each indicated by a numerical identifier []. "
+        "Rank the passages based on their relevance to the search query: {query}.\n",
+        "[{id}] {passage}",
+        _ZEPHYR_SUFFIX,
+    ),
+}
+
+_MODE_DEFAULTS = {"pointwise": "yesno", "graded": "graded", "likelihood": "query-likelihood"}
+
+
+def _fields(template: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
+def get_prompt(prompt: Any, kind: str = "pointwise", **overrides: Any) -> Any:
+    """A prompt by name, a user template string (pointwise kinds), or a prompt object; ``overrides``
+    replace fields (``labels=("0", "1", "2")``).
+
+    ``kind`` is ``"pointwise"``, ``"graded"``, ``"likelihood"`` or ``"listwise"``.
+    """
+    if isinstance(prompt, str) and prompt in PROMPTS:
+        obj: Any = PROMPTS[prompt]
+    elif isinstance(prompt, str):
+        if kind == "listwise":
+            raise ValueError(
+                f"unknown listwise prompt {prompt!r}; known: rankgpt, rankzephyr (or a ListwisePrompt)"
+            )
+        need = {"document"} if kind == "likelihood" else {"query", "document"}
+        missing = need - _fields(prompt)
+        if missing:
+            raise ValueError(f"prompt template lacks the field(s) {sorted(missing)}: {prompt!r}")
+        base = PROMPTS[_MODE_DEFAULTS[kind]]
+        obj = replace(base, name="custom", template=prompt)  # type: ignore[type-var]
+    elif isinstance(prompt, (PointwisePrompt, ListwisePrompt)):
+        obj = prompt
+    else:
+        raise TypeError(
+            f"prompt must be a name, a template string or a prompt object, not {type(prompt).__name__}"
+        )
+    want = ListwisePrompt if kind == "listwise" else PointwisePrompt
+    if not isinstance(obj, want):
+        raise ValueError(f"prompt {getattr(obj, 'name', obj)!r} is not a {kind} prompt")
+    return replace(obj, **overrides) if overrides else obj
+
+
+def identifiers(n: int, style: str = "numeric") -> list[str]:
+    """Passage identifiers: ``"numeric"`` (1, 2, ...) or ``"alpha"`` (A, B, ...; single tokens, for FIRST).
+
+    >>> identifiers(3, "alpha")
+    ['A', 'B', 'C']
+    """
+    if style == "numeric":
+        return [str(i + 1) for i in range(n)]
+    if style == "alpha":
+        if n > 26:
+            raise ValueError(f"alpha identifiers cover at most 26 passages, got a window of {n}")
+        return [chr(ord("A") + i) for i in range(n)]
+    raise ValueError(f"identifier style {style!r}; expected 'numeric' or 'alpha'")
+
+
+def render_listwise(
+    prompt: ListwisePrompt, query: str, passages: list[str], ids: list[str]
+) -> list[dict[str, str]]:
+    """Chat messages ranking ``passages`` (labelled ``ids``) for ``query``."""
+    num = len(passages)
+    ex = (ids + ids)[:2] if ids else ["1", "2"]
+    head = prompt.prefix.format(num=num, query=query)
+    tail = prompt.suffix.format(num=num, query=query, ex1=ex[1] if num > 1 else ex[0], ex2=ex[0])
+    msgs = [{"role": "system", "content": prompt.system}]
+    if prompt.per_passage_turns:
+        msgs += [{"role": "user", "content": head}, {"role": "assistant", "content": prompt.first_ack}]
+        for i, p in zip(ids, passages):
+            msgs.append({"role": "user", "content": prompt.passage.format(id=i, passage=p)})
+            msgs.append({"role": "assistant", "content": prompt.ack.format(id=i)})
+        msgs.append({"role": "user", "content": tail})
+    else:
+        body = "\n".join(prompt.passage.format(id=i, passage=p) for i, p in zip(ids, passages))
+        msgs.append({"role": "user", "content": f"{head}\n{body}\n{tail}"})
+    return msgs
+
+
+def messages_to_text(
+    messages: list[dict[str, str]], tokenizer: Any = None, assistant_prefix: str = ""
+) -> str:
+    """One prompt string: the tokenizer's chat template when it has one, else a plain transcript (base models
+    such as Gemma 3 270M have no template). ``assistant_prefix`` starts the answer (``"["`` for FIRST).
+
+    >>> messages_to_text([{"role": "user", "content": "hi"}], assistant_prefix="[")
+    'User: hi\\n\\nAssistant: ['
+    """
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        bos = getattr(tokenizer, "bos_token", None)
+        if bos and text.startswith(bos):  # the tokenizer adds BOS itself
+            text = text[len(bos) :]
+        return str(text) + assistant_prefix
+    parts = []
+    for m in messages:
+        role = m["role"]
+        parts.append(m["content"] if role == "system" else f"{role.capitalize()}: {m['content']}")
+    return "\n\n".join(parts) + "\n\nAssistant: " + assistant_prefix

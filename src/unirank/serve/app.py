@@ -1,0 +1,311 @@
+"""The re-ranking HTTP service: Cohere v1/v2, Jina and TEI compatible routes over any unirank ranker.
+
+>>> from fastapi.testclient import TestClient
+>>> with TestClient(create_app({"bm25": "bm25"})) as client:
+...     body = client.post("/v2/rerank", json={"query": "rain", "documents": ["cats", "rain falls"]}).json()
+>>> [r["index"] for r in body["results"]]
+[1, 0]
+
+Routes: ``POST /v1/rerank`` (Cohere v1 + Jina), ``POST /v2/rerank`` (Cohere v2), ``POST /jina/v1/rerank``
+(Jina defaults: documents returned), ``POST /rerank`` (TEI), ``GET /health``, ``GET /info``,
+``GET /metrics`` (Prometheus), ``GET /docs`` and ``/openapi.json``. Cohere and Jina ``relevance_score`` and
+TEI's default ``score`` are the model's scores mapped to 0..1 (``normalize="auto"``: sigmoid for logits,
+cosine to 0..1, per-query min-max for BM25); TEI's ``raw_scores: true`` gives the raw scores. The
+``x-unirank-score-kind`` response header says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..base import Ranker
+from ..errors import require
+
+require("fastapi", "server")  # this module is the server: a missing extra names the pip install
+
+from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
+from fastapi.encoders import jsonable_encoder  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from ..normalize import normalize_scores  # noqa: E402
+from .batcher import MicroBatcher, QueueFull, ShuttingDown  # noqa: E402
+from .limits import Metrics, ServeConfig, check_api_key, guard_middleware  # noqa: E402
+from .schemas import (  # noqa: E402
+    ErrorBody,
+    RerankRequest,
+    RerankResponse,
+    TEIRank,
+    TEIRerankRequest,
+    error_body,
+)
+
+__all__ = ["create_app", "load_models"]
+
+logger = logging.getLogger(__name__)
+
+_ERROR_TYPES = {
+    400: "validation",
+    401: "unauthorized",
+    404: "not_found",
+    413: "payload_too_large",
+    422: "validation",
+    429: "overloaded",
+    503: "unavailable",
+    504: "timeout",
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503, 504)
+}
+
+
+def load_models(models: Mapping[str, Ranker | str] | Ranker | str) -> dict[str, Ranker]:
+    """Name -> ranker; specs are built with :func:`unirank.Reranker`."""
+    from ..reranker import Reranker
+
+    if isinstance(models, (str, Ranker)):
+        models = {models if isinstance(models, str) else models.name: models}
+    if not models:
+        raise ValueError("a server needs at least one model")
+    return {str(name): Reranker(spec) if isinstance(spec, str) else spec for name, spec in models.items()}
+
+
+def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeConfig | None = None) -> Any:
+    """A FastAPI app serving ``models`` (name -> ranker or spec); default: ``default_model`` or the first."""
+    cfg = config or ServeConfig()
+    rankers = load_models(models)
+    default = cfg.default_model or next(iter(rankers))
+    if default not in rankers:
+        raise ValueError(f"default model {default!r} is not one of {sorted(rankers)}")
+    metrics = Metrics()
+
+    def on_batch(name: str) -> Any:
+        def record(n_req: int, n_docs: int, seconds: float) -> None:
+            metrics.batch_docs.labels(name).observe(n_docs)
+            metrics.batch_requests.labels(name).observe(n_req)
+            metrics.batch_seconds.labels(name).observe(seconds)
+
+        return record
+
+    batchers = {
+        name: MicroBatcher(
+            r,
+            max_batch_docs=cfg.max_batch_docs,
+            max_wait_ms=cfg.max_wait_ms,
+            max_queue=cfg.max_queue,
+            on_batch=on_batch(name),
+        )
+        for name, r in rankers.items()
+    }
+    for name, b in batchers.items():
+        metrics.queue_depth.labels(name).set_function(lambda b=b: b.depth)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        for b in batchers.values():
+            b.reopen()
+        yield
+        # uvicorn has stopped accepting and waited for in-flight requests; finish what is still queued.
+        await asyncio.gather(*(b.close(timeout=cfg.request_timeout) for b in batchers.values()))
+
+    app = FastAPI(
+        title="unirank",
+        version=_version(),
+        lifespan=lifespan,
+        description="Re-ranking service speaking the Cohere, Jina and TEI rerank APIs.",
+    )
+    app.state.batchers, app.state.metrics, app.state.config = batchers, metrics, cfg
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse(
+            error_body(message, _ERROR_TYPES.get(status, "error")),
+            status_code=status,
+            headers={"Retry-After": "1"} if status in (429, 503) else None,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+        msg = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errs[:5])
+        body = {**error_body(msg or "invalid request", "validation"), "detail": errs[:20]}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_req: Request, exc: Exception) -> JSONResponse:  # never leak internals
+        logger.exception("internal error")
+        return error(500, "internal server error")
+
+    async def authorize(request: Request) -> None:
+        if not check_api_key(request.headers, cfg.api_keys):
+            metrics.rejected.labels("auth").inc()
+            raise HTTPException(401, "missing or invalid API key")
+
+    auth = [Depends(authorize)]
+
+    async def score(model: str | None, query: str, texts: list[str]) -> tuple[Ranker, np.ndarray]:
+        name = model or default
+        if name not in batchers:
+            raise HTTPException(404, f"model {name!r} is not served; available: {sorted(batchers)}")
+        if len(texts) > cfg.max_documents:
+            metrics.rejected.labels("documents").inc()
+            raise HTTPException(
+                413, f"{len(texts)} documents; this server accepts at most {cfg.max_documents}"
+            )
+        if not query.strip():
+            raise HTTPException(422, "query is empty or whitespace")
+        if not texts:
+            return rankers[name], np.zeros(0)
+        try:
+            raw = await asyncio.wait_for(batchers[name].submit(query, texts), cfg.request_timeout)
+        except QueueFull as exc:
+            metrics.rejected.labels("queue").inc()
+            raise HTTPException(429, f"server busy: {exc}; retry later") from exc
+        except ShuttingDown as exc:
+            raise HTTPException(503, str(exc)) from exc
+        except asyncio.TimeoutError as exc:
+            metrics.rejected.labels("timeout").inc()
+            raise HTTPException(504, f"request timed out after {cfg.request_timeout:g}s") from exc
+        except (ValueError, TypeError) as exc:  # the ranker refused this input
+            raise HTTPException(422, str(exc)) from exc
+        except Exception as exc:
+            logger.exception("model %s failed", name)
+            raise HTTPException(500, "internal server error") from exc
+        return rankers[name], raw
+
+    def relevance(ranker: Ranker, raw: np.ndarray, normalized: bool) -> list[float]:
+        s = normalize_scores(raw, ranker.score_kind, "auto", ranker.calibrator)[0] if normalized else raw
+        finite = [float(x) for x in s if math.isfinite(x)]
+        floor = min(finite) - 1.0 if finite else 0.0  # unscorable documents: last, but valid JSON
+        return [float(x) if math.isfinite(x) else floor for x in s]
+
+    def order(scores: list[float], top_n: int | None) -> list[int]:
+        idx = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return idx[:top_n] if top_n else idx
+
+    def texts_of(req: RerankRequest) -> list[str]:
+        out = []
+        for i, doc in enumerate(req.documents):
+            if isinstance(doc, str):
+                text = doc
+            elif req.rank_fields:
+                text = "\n".join(f"{k}: {doc[k]}" for k in req.rank_fields if k in doc)
+            elif isinstance(doc.get("text"), str):
+                text = doc["text"]
+            else:
+                raise HTTPException(422, f"documents[{i}] has no string 'text' field (or set rank_fields)")
+            if req.max_tokens_per_doc:
+                text = " ".join(text.split()[: req.max_tokens_per_doc])
+            out.append(text)
+        return out
+
+    async def cohere(req: RerankRequest, response: Response, version: str, jina: bool) -> dict[str, Any]:
+        texts = texts_of(req)
+        ranker, raw = await score(req.model, req.query, texts)
+        rel = relevance(ranker, raw, normalized=True)
+        response.headers["x-unirank-score-kind"] = "probability"
+        want_docs = req.return_documents if req.return_documents is not None else jina
+        results = []
+        for i in order(rel, req.top_n):
+            item: dict[str, Any] = {"index": i, "relevance_score": rel[i]}
+            if want_docs:
+                doc = req.documents[i]
+                item["document"] = {"text": doc} if isinstance(doc, str) else doc
+            results.append(item)
+        body: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "results": results,
+            "meta": {"api_version": {"version": version}, "billed_units": {"search_units": 1}},
+        }
+        if version == "1":  # /v1/rerank is also Jina's route: add its fields
+            n = len(req.query.split()) * len(texts) + sum(len(t.split()) for t in texts)
+            body["model"] = req.model or default
+            body["usage"] = {"total_tokens": n, "prompt_tokens": n}
+        return body
+
+    common: dict[str, Any] = {"dependencies": auth, "responses": _ERRORS, "response_model_exclude_none": True}
+
+    @app.post("/v1/rerank", response_model=RerankResponse, **common)
+    async def rerank_v1(req: RerankRequest, response: Response) -> dict[str, Any]:
+        """Cohere v1 rerank; also the Jina rerank route (the body carries both APIs' fields)."""
+        return await cohere(req, response, "1", jina=False)
+
+    @app.post("/jina/v1/rerank", response_model=RerankResponse, **common)
+    async def rerank_jina(req: RerankRequest, response: Response) -> dict[str, Any]:
+        """Jina rerank with Jina's defaults (``return_documents`` true)."""
+        return await cohere(req, response, "1", jina=True)
+
+    @app.post("/v2/rerank", response_model=RerankResponse, **common)
+    async def rerank_v2(req: RerankRequest, response: Response) -> dict[str, Any]:
+        """Cohere v2 rerank."""
+        return await cohere(req, response, "2", jina=False)
+
+    @app.post("/rerank", response_model=list[TEIRank], **common)
+    async def rerank_tei(req: TEIRerankRequest, response: Response) -> list[dict[str, Any]]:
+        """text-embeddings-inference rerank: a list of ``{index, score, text?}``, best first."""
+        ranker, raw = await score(req.model, req.query, req.texts)
+        s = relevance(ranker, raw, normalized=not req.raw_scores)
+        response.headers["x-unirank-score-kind"] = (
+            ranker.score_kind.value if req.raw_scores else "probability"
+        )
+        return [
+            {"index": i, "score": s[i], **({"text": req.texts[i]} if req.return_text else {})}
+            for i in order(s, None)
+        ]
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": sorted(rankers)}
+
+    @app.get("/info", dependencies=auth)
+    async def info() -> dict[str, Any]:
+        return {
+            "version": _version(),
+            "default_model": default,
+            "models": [
+                {"name": n, "class": type(r).__name__, "score_kind": r.score_kind.value}
+                for n, r in rankers.items()
+            ],
+            "limits": {
+                "max_documents": cfg.max_documents,
+                "max_body_bytes": cfg.max_body_bytes,
+                "request_timeout": cfg.request_timeout,
+                "max_queue": cfg.max_queue,
+            },
+        }
+
+    @app.get("/metrics", dependencies=auth)
+    async def prometheus() -> Response:
+        data, ctype = metrics.render()
+        return Response(data, media_type=ctype)
+
+    app.add_middleware(_Guard, config=cfg, metrics=metrics)
+    return app
+
+
+class _Guard:
+    """ASGI middleware adapter for :func:`guard_middleware` (Starlette instantiates it with the app)."""
+
+    def __init__(self, app: Any, config: ServeConfig, metrics: Metrics) -> None:
+        self._call = guard_middleware(app, config, metrics)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._call(scope, receive, send)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,175 @@
+"""Progressive top-k pruning: when only the top ``k`` of ``n`` candidates are wanted, spend the full model
+only on candidates that a cheaper stage could not rule out.
+
+:class:`TopKPruner` runs one or more cheap stages over the candidates, keeps the best ``keep`` of each stage
+(plus any candidate within ``margin`` of the last kept score), and scores the survivors with the full
+ranker. This is the GRATING idea (a cheap, correlated estimate of every candidate's score, and full compute
+only where the top-k boundary is still undecided) in its model-agnostic form: a stage is any
+:class:`~unirank.base.Ranker`. :func:`early_exit` builds the natural cheap stage of a cross-encoder: the
+same model stopped after its first ``L`` transformer layers (no extra weights; the same pooler and head
+read the early CLS state), which costs ``L / num_layers`` of a full forward.
+
+Exactness trade-off: the result is the exact top-k of the full ranker whenever every true top-k candidate
+survives the cheap stages, which is guaranteed when a cheap stage orders candidates exactly like the full
+ranker (and ``keep >= k``), and otherwise holds with a probability that grows with ``keep`` and with the
+cheap stage's agreement; the pruned candidates are returned below the survivors with score ``-inf``.
+``docs/benchmarks-speed.md`` measures it on TREC DL 2019. :attr:`TopKPruner.stats` counts compute in
+"full-forward equivalents" (a cheap pair costs ``cost`` of a full pair).
+
+>>> from unirank import Reranker
+>>> bm25 = Reranker("bm25")
+>>> p = TopKPruner(bm25, [(bm25, 2)], k=1)
+>>> p.rank("rain", ["sun", "rain rain", "snow", "rain"]).top(1)[0].text
+'rain rain'
+>>> p.stats["full_pairs"], p.stats["cheap_pairs"]
+(2, 4)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..base import Ranker
+from ..types import Document
+
+__all__ = ["TopKPruner", "early_exit"]
+
+logger = logging.getLogger(__name__)
+
+
+class TopKPruner(Ranker):
+    """Score with cheap stages first, keep the likely top ``keep``, score only those with ``full``.
+
+    Args:
+        full: the ranker whose top-k is wanted.
+        stages: ``[(cheap_ranker, keep), ...]`` applied in order; each keeps its best ``keep`` candidates
+            (at least ``k``) of those still alive.
+        k: the number of results that must be right; ``keep`` values below ``k`` are raised to ``k``.
+        margin: also keep candidates whose cheap score is within ``margin`` of the last kept one.
+        costs: cost of one cheap pair per stage relative to one full pair (for :attr:`stats`); by default a
+            stage's ``pruning_cost`` attribute (set by :func:`early_exit`) or 1.0.
+    """
+
+    def __init__(
+        self,
+        full: Ranker,
+        stages: Sequence[tuple[Ranker, int]],
+        k: int = 10,
+        margin: float = 0.0,
+        costs: Sequence[float] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name or f"prune({full.name})")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if not stages:
+            raise ValueError("at least one cheap stage is needed")
+        if any(int(keep) < 1 for _, keep in stages):
+            raise ValueError("every stage must keep >= 1 candidates")
+        if margin < 0:
+            raise ValueError("margin must be >= 0")
+        self.full = full
+        self.stages = [(r, max(int(keep), k)) for r, keep in stages]
+        self.k = k
+        self.margin = margin
+        if costs is not None and len(costs) != len(self.stages):
+            raise ValueError("costs must have one value per stage")
+        self.costs = (
+            [float(c) for c in costs]
+            if costs is not None
+            else [float(getattr(r, "pruning_cost", 1.0)) for r, _ in self.stages]
+        )
+        self.score_kind = full.score_kind
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.stats: dict[str, float] = {"candidates": 0, "cheap_pairs": 0, "full_pairs": 0, "compute": 0.0}
+
+    @property
+    def compute_saving(self) -> float:
+        """Full-only compute / this compute (``> 1`` is a saving), over everything scored so far."""
+        return self.stats["candidates"] / self.stats["compute"] if self.stats["compute"] else 1.0
+
+    def _score_many(
+        self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False
+    ) -> list[np.ndarray]:
+        alive = [np.arange(len(d)) for d in docs_lists]
+        self.stats["candidates"] += sum(len(d) for d in docs_lists)
+        for (ranker, keep), cost in zip(self.stages, self.costs):
+            todo = [i for i, a in enumerate(alive) if len(a) > keep]
+            if not todo:
+                continue
+            got = ranker._score_nonempty(
+                [queries[i] for i in todo], [[docs_lists[i][j] for j in alive[i]] for i in todo], False
+            )
+            n = sum(len(alive[i]) for i in todo)
+            self.stats["cheap_pairs"] += n
+            self.stats["compute"] += n * cost
+            for i, s in zip(todo, got):
+                alive[i] = alive[i][_survivors(s, keep, self.margin)]
+        full = self.full._score_nonempty(
+            queries, [[docs_lists[i][j] for j in a] for i, a in enumerate(alive)], show_progress
+        )
+        out = []
+        for i, (a, s) in enumerate(zip(alive, full)):
+            self.stats["full_pairs"] += len(a)
+            self.stats["compute"] += len(a)
+            scores = np.full(len(docs_lists[i]), -np.inf)
+            scores[a] = s
+            out.append(scores)
+        return out
+
+
+def _survivors(scores: np.ndarray, keep: int, margin: float) -> np.ndarray:
+    """Indices (in input order) of the best ``keep`` scores, plus ties within ``margin`` of the last one."""
+    scores = np.asarray(scores, dtype=np.float64)
+    failed = ~np.isfinite(scores)  # a failed cheap score never prunes its candidate (nor takes a slot)
+    s = np.where(failed, -np.inf, scores)
+    order = np.argsort(-s, kind="stable")
+    chosen = set(order[:keep].tolist()) | set(np.flatnonzero(failed).tolist())
+    cut = s[order[min(keep, len(s)) - 1]]
+    if np.isfinite(cut):
+        chosen |= set(np.flatnonzero(s >= cut - margin).tolist())
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def early_exit(ranker: Any, num_layers: int) -> Any:
+    """A copy of a torch cross-encoder (:class:`~unirank.methods.cross_encoder.CrossEncoderRanker`) that
+    stops after its first ``num_layers`` transformer layers; the copy shares all weights with ``ranker``.
+
+    Its ``pruning_cost`` is ``num_layers / total layers`` (embeddings and head are negligible).
+    """
+    model = ranker.model
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None)
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise TypeError(
+            f"{type(model).__name__} has no <base>.encoder.layer list; early exit is not supported"
+        )
+    total = len(layers)
+    if not 1 <= num_layers <= total:
+        raise ValueError(f"num_layers must be in 1..{total}")
+    torch = __import__("torch")
+    new_encoder = copy.copy(encoder)
+    new_encoder._modules = dict(encoder._modules)
+    new_encoder._modules["layer"] = torch.nn.ModuleList(list(layers)[:num_layers])
+    new_base = copy.copy(base)
+    new_base._modules = dict(base._modules)
+    new_base._modules["encoder"] = new_encoder
+    new_model = copy.copy(model)
+    new_model._modules = dict(model._modules)
+    new_model._modules[prefix] = new_base
+    out = copy.copy(ranker)
+    out.model = new_model
+    out._onnx = None
+    out.score_cache = None
+    out.name = f"{ranker.name}@{num_layers}/{total}"
+    out.pruning_cost = num_layers / total
+    return out

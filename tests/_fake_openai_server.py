@@ -1,0 +1,175 @@
+"""A loopback OpenAI-compatible server for tests, backed by a REAL local causal LM (stdlib http.server).
+
+Routes: ``GET /v1/models``, ``POST /v1/completions`` (``prompt``, ``max_tokens``, ``logprobs``, ``echo``,
+``stop``) and ``POST /v1/chat/completions`` (``messages``, ``max_tokens``, ``logprobs``/``top_logprobs``).
+Answers are computed by the model: greedy text, next-token top log-probabilities (for the first generated
+position), and echoed prompt token log-probabilities. Chat messages are rendered with
+:func:`unirank.prompts.messages_to_text`, as the local engine does.
+
+Faults are injected per request from ``server.faults`` (consumed in order): ``"429:<retry-after>"``,
+``"500"``, ``"slow:<seconds>"``, ``"garbage"`` (200 with malformed JSON), ``"empty"`` (200 without choices).
+Every request is recorded in ``server.requests``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from unirank.prompts import messages_to_text
+
+
+class FakeOpenAIServer:
+    def __init__(self, engine: Any, model_name: str = "test-model", max_logprobs: int = 20) -> None:
+        self.engine, self.model_name, self.max_logprobs = engine, model_name, max_logprobs
+        self.faults: list[str] = []
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._send(200, json.dumps({"data": [{"id": server.model_name}]}).encode())
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with server._lock:
+                    server.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "t": time.time()}
+                    )
+                    fault = server.faults.pop(0) if server.faults else None
+                if fault:
+                    kind, _, arg = fault.partition(":")
+                    if kind == "429":
+                        return self._send(429, b'{"error": "rate limited"}', {"Retry-After": arg or "0"})
+                    if kind == "500":
+                        return self._send(500, b'{"error": "boom"}')
+                    if kind == "garbage":
+                        return self._send(200, b'{"choices": [{"text": "unterminated')
+                    if kind == "empty":
+                        return self._send(200, b'{"choices": []}')
+                    if kind == "slow":
+                        time.sleep(float(arg or 1))
+                try:
+                    payload = json.loads(body)
+                    if self.path.endswith("/chat/completions"):
+                        out = server.chat(payload)
+                    elif self.path.endswith("/completions"):
+                        out = server.complete(payload)
+                    else:
+                        return self._send(404, b'{"error": "not found"}')
+                except ValueError as exc:
+                    return self._send(400, json.dumps({"error": str(exc)}).encode())
+                self._send(200, json.dumps(out).encode())
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # -- model-backed answers -----------------------------------------------------------------------------
+    def _token_str(self, tid: int) -> str:
+        """The token's text: SentencePiece "▁" becomes a space; WordPiece pieces stay as they are."""
+        return str(self.engine.tokenizer.convert_ids_to_tokens(int(tid))).replace("▁", " ")
+
+    def _top(self, ids: list[int], k: int) -> list[tuple[str, float]]:
+        if k > self.max_logprobs:
+            raise ValueError(f"logprobs={k} is over this server's limit of {self.max_logprobs}")
+        row = self.engine.next_token_logprobs([ids])[0]
+        best = np.argsort(-row, kind="stable")[:k]
+        return [(self._token_str(i), float(row[i])) for i in best]
+
+    def _generate(self, ids: list[int], payload: dict[str, Any]) -> str:
+        n = int(payload.get("max_tokens") or 16)
+        text = self.engine.generate([ids], n)[0]
+        for stop in payload.get("stop") or []:
+            text = text.split(stop)[0]
+        return text
+
+    def _echo(self, prompt: str) -> dict[str, Any]:
+        tok = self.engine.tokenizer
+        enc = tok(prompt, return_offsets_mapping=True, add_special_tokens=False)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        bos = self.engine.encode("", special=True)
+        if bos:
+            lps: list[float | None] = [float(x) for x in self.engine.continuation_logprobs([bos], [ids])[0]]
+        else:  # no BOS: the first token has no log-probability
+            lps = [None, *(float(x) for x in self.engine.continuation_logprobs([ids[:1]], [ids[1:]])[0])]
+        return {
+            "tokens": [prompt[a:b] for a, b in offsets],
+            "token_logprobs": lps,
+            "top_logprobs": None,
+            "text_offset": [a for a, _ in offsets],
+        }
+
+    def complete(self, p: dict[str, Any]) -> dict[str, Any]:
+        prompt = p["prompt"]
+        if not isinstance(prompt, str):
+            raise ValueError("prompt must be a string")
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+        if p.get("echo") and not p.get("max_tokens"):
+            choice.update(text=prompt, logprobs=self._echo(prompt))
+        else:
+            ids = self.engine.encode(prompt)
+            choice["text"] = self._generate(ids, p)
+            if p.get("logprobs") is not None:
+                top = self._top(ids, int(p["logprobs"]))
+                choice["logprobs"] = {
+                    "tokens": [top[0][0]],
+                    "token_logprobs": [top[0][1]],
+                    "top_logprobs": [dict(reversed(top))],  # the likeliest wins a name clash
+                    "text_offset": [len(prompt)],
+                }
+        return {"object": "text_completion", "model": self.model_name, "choices": [choice]}
+
+    def chat(self, p: dict[str, Any]) -> dict[str, Any]:
+        prompt = messages_to_text(p["messages"], self.engine.tokenizer)
+        ids = self.engine.encode(prompt)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": "length",
+            "message": {"role": "assistant", "content": self._generate(ids, p)},
+            "logprobs": None,
+        }
+        if p.get("logprobs"):
+            top = self._top(ids, int(p.get("top_logprobs") or 1))
+            entries = [{"token": t, "logprob": v} for t, v in top]
+            choice["logprobs"] = {
+                "content": [{"token": top[0][0], "logprob": top[0][1], "top_logprobs": entries}]
+            }
+        return {"object": "chat.completion", "model": self.model_name, "choices": [choice]}

@@ -1,0 +1,124 @@
+"""ONNX Runtime engine: exported models agree with torch, int8 keeps the order, export is cached."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+QUERIES = ["what causes rain", "how do cats purr", "define entropy"]
+DOCS = [
+    "Rain forms when water vapour condenses into droplets heavy enough to fall.",
+    "Cats purr by rapidly twitching the muscles of the larynx.",
+    "Entropy measures the number of microscopic configurations of a system.",
+    "short",
+    "A much longer passage about weather, clouds, humidity and the water cycle " * 6,
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("UNIRANK_CACHE", str(tmp_path_factory.getbasetemp() / "unirank-cache"))
+
+
+def _kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b)[0])
+
+
+@pytest.mark.parametrize("num_labels", [1, 2])
+def test_tiny_cross_encoder_onnx_fp32_matches_torch(make_tiny_bert, num_labels):
+    from unirank import Reranker
+
+    path = make_tiny_bert("seqcls", num_labels=num_labels, seed=3)
+    ref = Reranker(f"ce:{path}", device="cpu")
+    ox = Reranker(f"ce:{path}", device="cpu", backend="onnx", onnx_threads=1)
+    for q in QUERIES:
+        a, b = np.array(ref.score(q, DOCS)), np.array(ox.score(q, DOCS))
+        np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)
+
+
+def test_tiny_embedding_onnx_fp32_matches_torch(make_tiny_bert):
+    from unirank import Reranker
+
+    path = make_tiny_bert("encoder", seed=4)
+    ref = Reranker(f"embed:{path}", device="cpu")
+    ox = Reranker(f"embed:{path}", device="cpu", backend="onnx")
+    for q in QUERIES:
+        np.testing.assert_allclose(ox.score(q, DOCS), ref.score(q, DOCS), atol=1e-4, rtol=0)
+
+
+def test_export_is_cached_and_keyed_by_options(make_tiny_bert, tmp_path):
+    from unirank.backends.onnx import onnx_model_file
+
+    path = make_tiny_bert("seqcls", seed=5)
+    first = onnx_model_file(path, "seqcls", cache_dir=tmp_path)
+    stamp = first.stat().st_mtime_ns
+    again = onnx_model_file(path, "seqcls", cache_dir=tmp_path)
+    assert again == first and again.stat().st_mtime_ns == stamp  # served from the cache, not re-exported
+    q = onnx_model_file(path, "seqcls", quantize="int8", cache_dir=tmp_path)
+    assert q != first and q.is_file()
+    assert not [p for p in (tmp_path / "onnx").iterdir() if p.name.startswith(".tmp")]  # no leftovers
+    other = make_tiny_bert("seqcls", seed=6)  # different weights -> different key
+    assert onnx_model_file(other, "seqcls", cache_dir=tmp_path).parent != first.parent
+
+
+def test_int8_keeps_order_on_tiny_model(make_tiny_bert):
+    from unirank import Reranker
+
+    path = make_tiny_bert("encoder", seed=7)
+    ref = Reranker(f"embed:{path}", device="cpu")
+    q8 = Reranker(f"embed:{path}", device="cpu", backend="onnx", quantize="int8")
+    docs = [f"passage {i} about " + " ".join(DOCS[i % len(DOCS)].split()[: 3 + i % 7]) for i in range(30)]
+    taus = [_kendall_tau(np.array(ref.score(q, docs)), np.array(q8.score(q, docs))) for q in QUERIES]
+    assert min(taus) > 0.8, taus
+
+
+def test_bad_backend_options(make_tiny_bert):
+    from unirank import Reranker
+
+    path = make_tiny_bert("seqcls", seed=3)
+    with pytest.raises(ValueError, match="backend"):
+        Reranker(f"ce:{path}", device="cpu", backend="tensorrt")
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        Reranker(f"ce:{path}", device="cpu", quantize="int8")
+    with pytest.raises(ValueError, match="quantize"):
+        Reranker(f"ce:{path}", device="cpu", backend="onnx", quantize="int4")
+    with pytest.raises(ValueError, match="fp32"):
+        Reranker(f"ce:{path}", device="cpu", backend="onnx", dtype="bf16")
+
+
+def test_pad_numpy_matches_torch_collate(minilm_path):
+    from unirank.backends import hf
+    from unirank.backends.onnx import pad_numpy
+
+    tok = hf.load_tokenizer(minilm_path)
+    feats = hf.tokenize(tok, QUERIES, DOCS[:3], 64)
+    ref = hf.collate(feats, tok, "cpu")
+    got = pad_numpy(feats, tok.pad_token_id)
+    assert set(got) == set(ref)
+    for k in got:
+        np.testing.assert_array_equal(got[k], ref[k].numpy())
+
+
+@pytest.mark.slow
+def test_real_minilm_onnx_fp32_and_int8(minilm_cross_encoder, minilm_path):
+    from unirank import Reranker
+    from unirank.eval.datasets import load_dataset
+
+    ds = load_dataset("trec-dl-2019")
+    run = ds.get_run("bm25")
+    qid = sorted(run)[0]
+    docs = [ds.corpus[d] for d, _ in run[qid][:40]]
+    query = ds.queries[qid]
+    ref = np.array(Reranker(f"ce:{minilm_cross_encoder}", device="cpu").score(query, docs))
+    fp = np.array(Reranker(f"ce:{minilm_cross_encoder}", device="cpu", backend="onnx").score(query, docs))
+    np.testing.assert_allclose(fp, ref, atol=1e-4, rtol=0)
+    e_ref = np.array(Reranker(f"embed:{minilm_path}", device="cpu").score(query, docs))
+    e_fp = np.array(Reranker(f"embed:{minilm_path}", device="cpu", backend="onnx").score(query, docs))
+    np.testing.assert_allclose(e_fp, e_ref, atol=1e-4, rtol=0)
+    e_q8 = Reranker(f"embed:{minilm_path}", device="cpu", backend="onnx", quantize="int8").score(query, docs)
+    assert _kendall_tau(e_ref, np.array(e_q8)) > 0.9

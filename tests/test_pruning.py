@@ -1,0 +1,103 @@
+"""Top-k pruning: exact when the cheap stage orders exactly, compute counted, early exit is faithful."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unirank.base import PointwiseRanker
+from unirank.strategies.pruning import TopKPruner, _survivors, early_exit
+from unirank.types import ScoreKind
+
+
+class Overlap(PointwiseRanker):
+    score_kind = ScoreKind.UNBOUNDED
+
+    def __init__(self, scale=1.0, shift=0.0, **kw):
+        super().__init__(f"overlap*{scale}+{shift}", **kw)
+        self.scale, self.shift, self.pairs = scale, shift, 0
+
+    def _score_pairs(self, queries, texts, show_progress=False):
+        self.pairs += len(texts)
+        s = [len(set(q.split()) & set(t.split())) + (hash(t) % 997) / 1e4 for q, t in zip(queries, texts)]
+        return np.array(s) * self.scale + self.shift
+
+
+def _docs(n, seed):
+    rng = np.random.default_rng(seed)
+    words = "rain snow cloud water vapour cat dog purr storm wind".split()
+    return [" ".join(rng.choice(words, size=int(rng.integers(2, 9)))) + f" #{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exact_when_cheap_stage_orders_exactly(seed):
+    full = Overlap()
+    cheap = Overlap(scale=3.0, shift=-1.0)  # a monotone transform: exactly the same order
+    pr = TopKPruner(full, [(cheap, 15)], k=10, costs=[0.25])
+    queries = ["rain cloud storm", "cat purr"]
+    docs = [_docs(100, seed), _docs(60, seed + 100)]
+    ref = full.rank_many(queries, docs, top_k=10)
+    full.pairs = 0
+    got = pr.rank_many(queries, docs, top_k=10)
+    for a, b in zip(ref, got):
+        assert a.indices == b.indices and a.scores == b.scores
+    assert pr.stats["cheap_pairs"] == 160 and pr.stats["full_pairs"] == 30 and full.pairs == 30
+    assert pr.stats["compute"] == pytest.approx(160 * 0.25 + 30)
+    assert pr.compute_saving == pytest.approx(160 / (160 * 0.25 + 30))
+
+
+def test_pruned_candidates_rank_last_and_short_lists_skip_the_cheap_stage():
+    full, cheap = Overlap(), Overlap(scale=2.0)
+    pr = TopKPruner(full, [(cheap, 5)], k=3)
+    res = pr.rank("rain", _docs(20, 1))
+    assert np.isneginf(res.scores[5:]).all() and np.isfinite(res.scores[:5]).all()
+    pr.reset_stats()
+    pr.rank("rain", _docs(4, 2))  # 4 <= keep: nothing to prune
+    assert pr.stats["cheap_pairs"] == 0 and pr.stats["full_pairs"] == 4
+
+
+def test_survivors_margin_and_nan():
+    s = np.array([5.0, 1.0, 4.9, 3.0, np.nan])
+    assert _survivors(s, 2, 0.0).tolist() == [0, 2, 4]  # NaN never prunes
+    assert _survivors(s[:4], 1, 0.2).tolist() == [0, 2]  # within the margin of the last kept
+    assert _survivors(s[:4], 3, 0.0).tolist() == [0, 2, 3]
+
+
+def test_bad_arguments():
+    r = Overlap()
+    with pytest.raises(ValueError):
+        TopKPruner(r, [], k=3)
+    with pytest.raises(ValueError):
+        TopKPruner(r, [(r, 5)], k=0)
+    with pytest.raises(ValueError):
+        TopKPruner(r, [(r, 5)], k=3, costs=[1.0, 2.0])
+    with pytest.raises(ValueError):
+        TopKPruner(r, [(r, 5)], k=3, margin=-1)
+
+
+def test_early_exit_matches_hidden_states_oracle(make_tiny_bert):
+    import torch
+
+    from unirank import Reranker
+    from unirank.backends import hf
+
+    path = make_tiny_bert("seqcls", seed=21)
+    ce = Reranker(f"ce:{path}", device="cpu")
+    docs = _docs(12, 3)
+    before = ce.score("rain cloud", docs)
+    ee = early_exit(ce, 1)
+    assert ee.pruning_cost == pytest.approx(0.5)
+    got = np.array(ee.score("rain cloud", docs))
+    feats = hf.tokenize(ce.tokenizer, ["rain cloud"] * len(docs), docs, ce.max_length)
+    with torch.inference_mode():
+        inputs = hf.collate(feats, ce.tokenizer, "cpu")
+        h1 = ce.model.bert(**inputs, output_hidden_states=True).hidden_states[1]
+        oracle = ce.model.classifier(ce.model.bert.pooler(h1))[:, 0].numpy()
+    np.testing.assert_allclose(got, oracle, atol=1e-5)
+    assert ce.score("rain cloud", docs) == before  # the original keeps all its layers
+    np.testing.assert_allclose(early_exit(ce, 2).score("rain cloud", docs), before, atol=1e-6)
+    with pytest.raises(ValueError):
+        early_exit(ce, 3)
+    pr = TopKPruner(ce, [(ee, 6)], k=3)
+    res = pr.rank("rain cloud", docs, top_k=3)
+    assert len(res) == 3 and pr.stats["compute"] == pytest.approx(12 * 0.5 + 6)
