@@ -18,7 +18,8 @@ pytest.importorskip("uvicorn")
 
 from _fake_providers import PATHS, make_fake_app, oracle_score, serving
 from unirank import Reranker
-from unirank.methods.api import APIError, APIRanker, retry_after_seconds
+from unirank.backends.http import retry_after_seconds
+from unirank.methods.api import APIError, APIRanker
 from unirank.types import ScoreKind
 
 QUERY = "what causes rain"

@@ -1,6 +1,7 @@
 """``unirank bench``: unirank's engines and peer libraries on the same model and inputs, in one process.
 
-Paths (``--paths``): ``torch`` (unirank, fp32), ``onnx`` (unirank, onnxruntime fp32), ``onnx-int8``
+Paths (``--paths``): ``torch`` (unirank, fp32), ``torch-bf16`` (unirank, bf16 weights: AMX on CPUs that
+have it), ``onnx`` (unirank, onnxruntime fp32), ``onnx-int8``
 (unirank, dynamic int8), ``st`` (sentence-transformers ``CrossEncoder.predict``), ``flashrank`` (FlashRank's
 runtime given unirank's fp32 ONNX export of the same weights, since FlashRank cannot download its own models
 offline). Every repeat runs every path once, in turn, so that the ratios come from the same conditions on a
@@ -39,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PATHS = ("torch", "onnx", "onnx-int8", "st", "flashrank")
+PATHS = ("torch", "torch-bf16", "onnx", "onnx-int8", "st", "flashrank")
 
 
 def build_minilm_cross_encoder(out: str | Path, seed: int = 1234) -> Path:
@@ -124,8 +125,8 @@ def _make_paths(model_dir: Path, paths: Sequence[str], threads: int, workdir: Pa
 
     fns: dict[str, Any] = {}
     for p in paths:
-        if p == "torch":
-            r = CrossEncoderRanker(str(model_dir), device="cpu")
+        if p in ("torch", "torch-bf16"):
+            r = CrossEncoderRanker(str(model_dir), device="cpu", dtype="bf16" if p == "torch-bf16" else None)
             fns[p] = lambda q, t, r=r: np.array(r.score(q, t))
         elif p in ("onnx", "onnx-int8"):
             quant = "int8" if p == "onnx-int8" else None

@@ -37,13 +37,13 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``["batch_size=8", "device=cpu"]`` -> ``{"batch_size": 8, "device": "cpu"}`` (JSON values)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"unirank: option {pair!r} is not KEY=VALUE")
+            raise ValueError(f"option {pair!r} is not KEY=VALUE")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -82,7 +82,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     from .reranker import Reranker
 
     docs = _read_docs(args.docs)
-    ranker = Reranker(args.spec, **_options(args.option))
+    ranker = Reranker(args.spec, **parse_options(args.option))
     res = ranker.rank(args.query, docs, top_k=args.top_k, normalize=args.normalize)
     _out(res.to_json(include_text=not args.no_text, indent=2 if args.pretty else None))
     return 0
@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset)
     progress = not args.no_progress
     run = _first_stage(ds, args.run, args.depth, progress)
-    ranker = Reranker(args.reranker, **_options(args.option))
+    ranker = Reranker(args.reranker, **parse_options(args.option))
     table, _ = eval_job(
         ranker,
         ds,

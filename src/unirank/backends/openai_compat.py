@@ -14,24 +14,19 @@ At most ``concurrency`` requests are in flight per event loop.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import os
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UniRankError, require
+from .http import RETRY_STATUS, backoff_delay
 
 __all__ = ["Completion", "OpenAICompatEngine", "ServerError", "run_sync"]
 
 logger = logging.getLogger(__name__)
-
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class ServerError(UniRankError, RuntimeError):
@@ -126,15 +121,7 @@ class OpenAICompatEngine:
             return sem
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                wait = float(retry_after)
-            except ValueError:
-                parsed = email.utils.parsedate_to_datetime(retry_after)
-                wait = parsed.timestamp() - time.time() if parsed else 0.0
-            if math.isfinite(wait):
-                return min(max(wait, 0.0), self.max_backoff)
-        return min(self.backoff * (2**attempt) * (0.5 + random.random() / 2), self.max_backoff)
+        return backoff_delay(attempt, self.backoff, self.max_backoff, retry_after)
 
     async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST JSON with retries; the decoded JSON object, or :class:`ServerError`."""

@@ -7,20 +7,9 @@ import json
 import sys
 from typing import Any
 
+from ..cli import parse_options
+
 __all__ = ["add_subparser", "cmd_rerank_run"]
-
-
-def _options(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"option {pair!r} is not KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def cmd_rerank_run(args: argparse.Namespace) -> int:
@@ -34,7 +23,7 @@ def cmd_rerank_run(args: argparse.Namespace) -> int:
         args.queries,
         args.reranker,
         depth=args.depth,
-        options=_options(args.option),
+        options=parse_options(args.option),
         shard_size=args.shard_size,
         batch_queries=args.batch_queries,
         strict=args.strict,

@@ -25,12 +25,9 @@ A unirank server names its scores' kind in the ``x-unirank-score-kind`` header; 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import math
 import os
-import random
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +35,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..backends.http import RETRY_STATUS, backoff_delay
 from ..base import Capabilities, Ranker
 from ..errors import SpecError, UniRankError, require
 from ..types import DocLike, Document, RankedResults, ScoreKind
@@ -56,7 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 SCORE_KIND_HEADER = "x-unirank-score-kind"
 
 
@@ -116,25 +113,6 @@ def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(make())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unirank-api") as ex:
         return ex.submit(lambda: asyncio.run(make())).result()
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
-
-    >>> retry_after_seconds("1.5"), retry_after_seconds(None), retry_after_seconds("soon")
-    (1.5, None, None)
-    """
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class APIRanker(Ranker):
@@ -308,7 +286,7 @@ class APIRanker(Ranker):
         httpx = require("httpx", "api")
         last = "no attempt made"
         for attempt in range(self.max_retries + 1):
-            wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+            retry_after = None
             try:
                 resp = await client.post(path, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -326,10 +304,9 @@ class APIRanker(Ranker):
                 last = f"HTTP {status}: {resp.text[:300]}"
                 if status not in RETRY_STATUS:
                     raise APIError(f"{self.name}: {path} failed with {last}", status)
-                hinted = retry_after_seconds(resp.headers.get("retry-after"))
-                if hinted is not None:
-                    wait = min(self.max_backoff, hinted)
+                retry_after = resp.headers.get("retry-after")
             if attempt < self.max_retries:
+                wait = backoff_delay(attempt, self.backoff, self.max_backoff, retry_after)
                 logger.info("%s: %s (attempt %d); retrying in %.2fs", self.name, last, attempt + 1, wait)
                 await asyncio.sleep(wait)
         raise APIError(

@@ -44,21 +44,13 @@ def add_subparser(sub: Any) -> argparse.ArgumentParser:
 
 def build_app(args: argparse.Namespace) -> Any:
     """The app the parsed ``serve`` arguments describe (models are loaded here)."""
-    import json
 
+    from ..cli import parse_options
     from ..reranker import Reranker
     from .app import create_app
     from .limits import ServeConfig
 
-    options: dict[str, Any] = {}
-    for pair in args.option or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"option {pair!r} is not KEY=VALUE")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
+    options = parse_options(args.option)
     models: dict[str, Any] = {args.name or args.spec: Reranker(args.spec, **options)}
     for pair in args.model:
         name, sep, spec = pair.partition("=")
