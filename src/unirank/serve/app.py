@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from ..normalize import normalize_scores  # noqa: E402
+from ..text import truncate_tokens  # noqa: E402
 from .batcher import MicroBatcher, QueueFull, ShuttingDown  # noqa: E402
 from .limits import Metrics, ServeConfig, check_api_key, guard_middleware  # noqa: E402
 from .schemas import (  # noqa: E402
@@ -207,9 +208,17 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
             else:
                 raise HTTPException(422, f"documents[{i}] has no string 'text' field (or set rank_fields)")
             if req.max_tokens_per_doc:
-                text = " ".join(text.split()[: req.max_tokens_per_doc])
+                text = cut_tokens(req.model, text, req.max_tokens_per_doc)
             out.append(text)
         return out
+
+    def cut_tokens(model: str | None, text: str, n: int) -> str:
+        """The first ``n`` tokens of ``text`` by the served model's own tokenizer (whitespace words for
+        models without a fast tokenizer, such as BM25)."""
+        tok = getattr(rankers.get(model or default), "tokenizer", None)
+        if getattr(tok, "is_fast", False):
+            return truncate_tokens(tok, text, n)
+        return " ".join(text.split()[:n])
 
     async def cohere(req: RerankRequest, response: Response, version: str, jina: bool) -> dict[str, Any]:
         texts = texts_of(req)

@@ -39,7 +39,7 @@ class RerankRequest(BaseModel):
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on, in order")
     max_chunks_per_doc: int | None = Field(None, ge=1, description="accepted; documents are scored whole")
     max_tokens_per_doc: int | None = Field(
-        None, ge=1, description="truncate each document (whitespace words)"
+        None, ge=1, description="truncate each document to this many tokens of the model's tokenizer"
     )
 
 
