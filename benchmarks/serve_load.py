@@ -153,6 +153,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="server per-request timeout, seconds")
     p.add_argument("--options", default=None, help="ranker options as JSON (default for embed: no cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, same for offline and server")
+    p.add_argument("--cycles", type=int, default=1, help="repeat the within/over phases (memory plateau)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     try:
@@ -191,9 +192,14 @@ def main() -> None:
         threading.Thread(target=sample, daemon=True).start()
         asyncio.run(load(url, reqs, args.concurrency, args.warmup))  # warm-up at the measured load
         marks = [len(rss)]
-        within = asyncio.run(load(url, reqs, args.concurrency, args.duration))
-        marks.append(len(rss))
-        over = asyncio.run(load(url, reqs, args.overload, args.duration))
+        phase_rss: list[tuple[str, int]] = [("after warm-up", rss[-1][1] >> 20)]
+        for cycle in range(args.cycles):  # later cycles show whether memory keeps growing or levels off
+            within = asyncio.run(load(url, reqs, args.concurrency, args.duration))
+            if cycle == 0:
+                marks.append(len(rss))
+            phase_rss.append((f"cycle {cycle + 1} within limits", rss[-1][1] >> 20))
+            over = asyncio.run(load(url, reqs, args.overload, args.duration))
+            phase_rss.append((f"cycle {cycle + 1} over limits", rss[-1][1] >> 20))
         stop.set()
     finally:
         proc.terminate()
@@ -224,6 +230,7 @@ def main() -> None:
             "end": at[2],
             "peak": max(v for _, v in rss) >> 20,
         },
+        "rss_mb_by_phase": dict(phase_rss),
         "rss_growth_within_limits": round((at[1] - at[0]) / at[0], 3),
         "rss_growth_whole_run": round((at[2] - at[0]) / at[0], 3),
         "server_exit_code": proc.returncode,
