@@ -11,6 +11,9 @@ Pass a name from :data:`PROMPTS` or your own template string / dataclass to any 
 True
 >>> get_prompt("Q: {query} D: {document} Relevant?", kind="pointwise").labels
 ('yes', 'no')
+>>> bge = get_prompt("bge-gemma")  # FlagEmbedding's bge-reranker-v2-gemma format; scored by logit('Yes')
+>>> bge.score, bge.render("rain", "Rain is water.").splitlines()[:2]
+('yes', ['A: rain', 'B: Rain is water.'])
 >>> m = render_listwise(get_prompt("rankzephyr", "listwise"), "rain", ["a", "b"], ["1", "2"])
 >>> [x["role"] for x in m]
 ['system', 'user']
@@ -45,9 +48,22 @@ class PointwisePrompt:
     labels: tuple[str, ...] = ("yes", "no")
     label_prefix: str = " "  # what precedes a label word when the model writes it (" yes" after "Answer:")
     continuation: str = " {query}"  # query likelihood: the scored text after the prompt
+    #: a local engine tokenizes each piece on its own (no special tokens) and joins the ids, as reference
+    #: rerankers do; ``template`` is then ``"".join(pieces)`` (what a server gets). Empty: one string.
+    pieces: tuple[str, ...] = ()
+    #: with ``pieces``: ``"auto"`` prepends the tokenizer's BOS when it has one other than PAD
+    #: (FlagEmbedding's rule), ``"none"`` adds nothing
+    bos: str = "none"
+    score: str = "yes-no"  # "yes-no": logit(yes) - logit(no); "yes": the raw logit of the first label
+    instruction: str = ""  # fills an ``{instruction}`` field of the template
 
     def render(self, query: str, document: str) -> str:
-        return self.template.format(query=query, document=document)
+        return self.template.format(query=query, document=document, instruction=self.instruction)
+
+    def render_pieces(self, query: str, document: str) -> list[str]:
+        """The formatted ``pieces`` (``[render(...)]`` when the prompt has none)."""
+        parts = self.pieces or (self.template,)
+        return [x.format(query=query, document=document, instruction=self.instruction) for x in parts]
 
 
 @dataclass(frozen=True)
@@ -71,11 +87,37 @@ class ListwisePrompt:
 _YESNO = (
     "Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer yes or no.\nAnswer:"
 )
-_QWEN3 = (
+# Qwen3-Reranker model card (huggingface.co/Qwen/Qwen3-Reranker-0.6B, "Transformers Usage"): prefix and
+# suffix are tokenized apart from "<Instruct>: ...\n<Query>: ...\n<Document>: ..."; score P(yes | yes, no).
+_QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
     'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n"
-    "<Query>: {query}\n<Document>: {document}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+_QWEN3_PIECES = (
+    _QWEN3_PREFIX,
+    "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
+    "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+)
+# FlagEmbedding FlagLLMReranker (inference/reranker/decoder_only/base.py, bge-reranker-v2-gemma card):
+# [BOS] + "A: {query}" + "\n" + "B: {passage}" + "\n" + prompt, each tokenized alone; score = logit('Yes').
+_BGE_INSTRUCTION = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'."
+)
+_BGE_PIECES = ("A: {query}", "\n", "B: {document}", "\n", "{instruction}")
+# mxbai-rerank v2 (pip mxbai-rerank, MxbaiRerankV2): Qwen chat prefix + "query: ..." + "\n" +
+# "document: ..." + "\n" + task prompt + chat suffix, each tokenized alone; score = logit('1') - logit('0').
+_MXBAI_PIECES = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n",
+    "query: {query}",
+    "\n",
+    "document: {document}",
+    "\n",
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+    "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:",
+    "<|im_end|>\n<|im_start|>assistant\n",
 )
 _GRADED = (
     "Query: {query}\nDocument: {document}\n"
@@ -102,7 +144,26 @@ _ZEPHYR_SUFFIX = (
 
 PROMPTS: dict[str, PointwisePrompt | ListwisePrompt] = {
     "yesno": PointwisePrompt("yesno", _YESNO),
-    "qwen3-reranker": PointwisePrompt("qwen3-reranker", _QWEN3, label_prefix=""),
+    "qwen3-reranker": PointwisePrompt(
+        "qwen3-reranker",
+        "".join(_QWEN3_PIECES),
+        label_prefix="",
+        pieces=_QWEN3_PIECES,
+        instruction="Given a web search query, retrieve relevant passages that answer the query",
+    ),
+    "bge-gemma": PointwisePrompt(
+        "bge-gemma",
+        "".join(_BGE_PIECES),
+        labels=("Yes", "No"),
+        label_prefix="",
+        pieces=_BGE_PIECES,
+        bos="auto",
+        score="yes",
+        instruction=_BGE_INSTRUCTION,
+    ),
+    "mxbai-v2": PointwisePrompt(
+        "mxbai-v2", "".join(_MXBAI_PIECES), labels=("1", "0"), label_prefix="", pieces=_MXBAI_PIECES
+    ),
     "graded": PointwisePrompt("graded", _GRADED, labels=("0", "1", "2", "3")),
     "query-likelihood": PointwisePrompt("query-likelihood", _QLM, labels=()),
     "rankgpt": ListwisePrompt(

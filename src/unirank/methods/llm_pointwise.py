@@ -7,7 +7,11 @@ Spec grammar (shared by ``llm-pointwise:``, ``llm-listwise:`` and ``icr:``)::
     llm-pointwise:<server model>  + base_url="http://host:8000/v1"   (base_url also selects the server)
 
 Options: ``mode="yesno"`` (default), ``"graded"`` or ``"likelihood"``; ``prompt=`` a name from
-:data:`unirank.prompts.PROMPTS` or your own template string; ``labels=`` the label words. Local engine
+:data:`unirank.prompts.PROMPTS` or your own template string; ``labels=`` the label words; ``score=``
+(yes/no mode) ``"yes-no"`` or ``"yes"`` (default: the prompt's); ``instruction=`` fills the prompt's
+``{instruction}`` field. Decoder rerankers as their reference code defines them:
+``prompt="qwen3-reranker"`` (Qwen3-Reranker), ``prompt="bge-gemma"`` (BAAI/bge-reranker-v2-gemma, score
+``"yes"``), ``prompt="mxbai-v2"`` (mixedbread-ai/mxbai-rerank-*-v2). Local engine
 options (``gguf_file``, ``device``, ``dtype``, ``max_length``, ``batch_size``) and server options
 (``api_key``, ``timeout``, ``max_retries``, ``concurrency``, ``endpoint="completions"|"chat"``,
 ``top_logprobs``) pass through; ``engine=`` reuses an already built engine.
@@ -15,7 +19,9 @@ options (``gguf_file``, ``device``, ``dtype``, ``max_length``, ``batch_size``) a
 Scores:
 
 - ``yesno``: ``logit(yes) - logit(no)`` at the next token (:attr:`ScoreKind.LOGIT`; ``sigmoid`` of it is
-  P(yes | yes or no)), as monoT5 / Qwen3-Reranker do.
+  P(yes | yes or no)), as monoT5 / Qwen3-Reranker / mxbai-rerank-v2 do. With ``score="yes"`` (local engines
+  only): the raw next-token logit of the first label, as FlagEmbedding scores bge-reranker-v2-gemma
+  (:attr:`ScoreKind.UNBOUNDED`; its ``sigmoid`` is that library's ``normalize=True`` score).
 - ``graded``: the expected label ``sum_k k * P(k)`` under the label-token distribution restricted to the
   labels ``0..K`` (ERank / ProRank style; :attr:`ScoreKind.UNBOUNDED`, in ``[0, K]``).
 - ``likelihood``: mean log-probability of the query tokens given the document, p(query | doc) (UPR;
@@ -137,6 +143,8 @@ class LLMPointwiseRanker(PointwiseRanker):
         passage_overlap: int = 32,
         max_passages: int = 128,
         name: str | None = None,
+        score: str | None = None,
+        instruction: str | None = None,
         **options: Any,
     ) -> None:
         modes = {"yesno": "pointwise", "graded": "graded", "likelihood": "likelihood"}
@@ -158,13 +166,21 @@ class LLMPointwiseRanker(PointwiseRanker):
         self.mode, self.endpoint, self.top_logprobs = mode, endpoint, top_logprobs
         self.max_doc_words = max_doc_words
         default = {"yesno": "yesno", "graded": "graded", "likelihood": "query-likelihood"}[mode]
-        over = {"labels": tuple(labels)} if labels is not None else {}
+        over: dict[str, Any] = {"labels": tuple(labels)} if labels is not None else {}
+        if instruction is not None:
+            over["instruction"] = instruction
         self.prompt: PointwisePrompt = get_prompt(prompt or default, modes[mode], **over)
         if mode != "likelihood" and len(self.prompt.labels) < 2:
             raise ValueError(f"mode={mode!r} needs at least two labels, got {self.prompt.labels}")
         if mode == "likelihood" and not is_local(self.engine) and endpoint == "chat":
             raise ValueError("mode='likelihood' needs prompt log-probabilities: use endpoint='completions'")
-        self.score_kind = ScoreKind.LOGIT if mode == "yesno" else ScoreKind.UNBOUNDED
+        self.score_by = score or self.prompt.score
+        if self.score_by not in ("yes-no", "yes"):
+            raise ValueError(f"score={self.score_by!r}; expected 'yes-no' or 'yes'")
+        if self.score_by == "yes" and (mode != "yesno" or not is_local(self.engine)):
+            raise ValueError("score='yes' (a raw logit) needs mode='yesno' and a local engine")
+        logit = mode == "yesno" and self.score_by == "yes-no"
+        self.score_kind = ScoreKind.LOGIT if logit else ScoreKind.UNBOUNDED
         self._suffix, self._label_ids = "", []
         if mode != "likelihood" and is_local(self.engine):
             self._suffix, self._label_ids = self._local_labels()
@@ -188,7 +204,46 @@ class LLMPointwiseRanker(PointwiseRanker):
         except ValueError:
             return np.arange(len(self.prompt.labels), dtype=np.float64)[::-1]
 
+    def _piece_ids(self, query: str, doc: str) -> list[int]:
+        """Token ids of a ``pieces`` prompt: each piece tokenized alone, BOS per ``prompt.bos``; the
+        document's piece is cut from its end when the whole exceeds the context (as the references do)."""
+        e, tok = self.engine, self.engine.tokenizer
+        ids = [e.encode(x, special=False) for x in self.prompt.render_pieces(query, doc)]
+        if self._suffix:
+            ids.append(e.encode(self._suffix, special=False))
+        bos = tok.bos_token_id
+        head = [bos] if self.prompt.bos == "auto" and bos is not None and bos != tok.pad_token_id else []
+        over = len(head) + sum(map(len, ids)) - e.max_length
+        if over > 0:
+            k = next(i for i, x in enumerate(self.prompt.pieces) if "{document}" in x)
+            if over >= len(ids[k]):
+                raise ValueError(
+                    f"the context limit of {e.max_length} tokens is too small for this prompt "
+                    f"({self.prompt.name!r}) before any document text"
+                )
+            ids[k] = ids[k][:-over]
+        return head + [t for x in ids for t in x]
+
+    def _next_logits(self, prompts: list[list[int]]) -> np.ndarray:
+        """Raw next-token logits of the label tokens, ``[n, labels]`` (``score="yes"``)."""
+        from ..backends import hf
+
+        torch, _ = hf.torch_modules()
+        e = self.engine
+        for p in prompts:
+            e.check_length(p)
+
+        def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
+            last = [len(f["input_ids"]) - 1 for f in batch]
+            logits, col = e._logits(e._collate(batch), last)
+            rows = logits[torch.arange(len(batch)), [col[p] for p in last]]
+            return rows[:, self._label_ids].cpu().numpy()  # type: ignore[no-any-return]
+
+        return e._run([{"input_ids": list(p)} for p in prompts], forward)  # type: ignore[no-any-return]
+
     def _finish_labels(self, lp: np.ndarray) -> np.ndarray:
+        if self.mode == "yesno" and self.score_by == "yes":
+            return lp[:, 0]
         if self.mode == "yesno":
             return lp[:, 0] - lp[:, 1]
         p = np.exp(lp - lp.max(1, keepdims=True))
@@ -214,10 +269,15 @@ class LLMPointwiseRanker(PointwiseRanker):
                 )
                 conts.append(cont)
             return np.array([float(np.mean(x)) for x in self.engine.continuation_logprobs(prompts, conts)])
-        prompts = [
-            fit_document(self.engine, lambda d, q=q: self.prompt.render(q, d) + self._suffix, t)
-            for q, t in zip(queries, texts)
-        ]
+        if self.prompt.pieces:
+            prompts = [self._piece_ids(q, t) for q, t in zip(queries, texts)]
+        else:
+            prompts = [
+                fit_document(self.engine, lambda d, q=q: self.prompt.render(q, d) + self._suffix, t)
+                for q, t in zip(queries, texts)
+            ]
+        if self.score_by == "yes":
+            return self._finish_labels(self._next_logits(prompts))
         return self._finish_labels(self.engine.next_token_logprobs(prompts, self._label_ids))
 
     # -- server -------------------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""Decoder rerankers (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) as prompt presets of
+``llm-pointwise``, checked on a tiny random causal LM against a hand computation of each reference's code on
+the prompt written out here, and against scores the reference packages themselves produced on the same tiny
+weights (FlagEmbedding 1.4.2 ``FlagLLMReranker`` and mxbai-rerank 0.1.6 ``MxbaiRerankV2``: neither runs under
+transformers 5 -- FlagEmbedding imports ``transformers.modeling_attn_mask_utils``, mxbai-rerank calls
+``tokenizer.prepare_for_model`` -- so they ran once in a throwaway venv with transformers 4.51.3)."""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _llm_fixtures import tiny_causal_lm, tiny_engine  # noqa: F401
+from unirank import Reranker
+from unirank.prompts import PROMPTS, get_prompt
+from unirank.types import ScoreKind
+
+Q = "what causes rain"
+DOCS = ["rain forms when water vapour condenses", "cats purr when happy", "the sun is a star"]
+
+# Qwen3-Reranker-0.6B model card, "Transformers Usage" (huggingface.co/Qwen/Qwen3-Reranker-0.6B).
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+# Scores of the reference packages on the ``tiny_causal_lm`` weights (seed 0) for Q and REF_DOCS, recorded
+# with transformers 4.51.3 / torch 2.13 CPU: FlagLLMReranker(path, use_fp16=False, devices="cpu")
+# .compute_score(pairs) and MxbaiRerankV2(path, device="cpu", torch_dtype="float32").predict(queries, docs).
+REF_DOCS = [*DOCS, "rain " * 300]
+REF = {
+    "bge-gemma": [6.762956619262695, 6.781158447265625, 6.762799263000488, 6.676692008972168],
+    "mxbai-v2": [16.984479904174805, 16.989334106445312, 16.998050689697266, 17.001842498779297],
+}
+
+
+def qwen3_format_instruction(instruction, query, doc):  # the card's format_instruction
+    return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_causal_lm):
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_causal_lm)
+    return tok, transformers.AutoModelForCausalLM.from_pretrained(tiny_causal_lm).eval()
+
+
+def _last_logits(raw, ids):
+    import torch
+
+    with torch.no_grad():
+        return raw[1](torch.tensor([ids])).logits[0, -1]
+
+
+def _enc(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_presets_are_named_templates_with_their_scores():
+    assert get_prompt("bge-gemma").score == "yes" and get_prompt("bge-gemma").labels[0] == "Yes"
+    assert get_prompt("mxbai-v2").labels == ("1", "0") and get_prompt("mxbai-v2").score == "yes-no"
+    p = PROMPTS["qwen3-reranker"]
+    assert p.render("Q", "D") == QWEN3_PREFIX + qwen3_format_instruction(QWEN3_TASK, "Q", "D") + QWEN3_SUFFIX
+    bge = PROMPTS["bge-gemma"].render("Q", "D")
+    assert bge == (
+        "A: Q\nB: D\nGiven a query A and a passage B, determine whether the passage contains an answer to "
+        "the query by providing a prediction of either 'Yes' or 'No'."
+    )
+
+
+def test_qwen3_reranker_matches_the_model_card_computation(tiny_engine, raw):
+    tok = raw[0]
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="qwen3-reranker")
+    assert r.score_kind is ScoreKind.LOGIT
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    want = []
+    for d in DOCS:
+        # the card: prefix_tokens + tokenizer(pair)["input_ids"] + suffix_tokens; Qwen's tokenizer adds no
+        # special tokens to the pair (this tiny WordPiece one would add [CLS], hence add_special_tokens=False)
+        ids = _enc(tok, QWEN3_PREFIX) + _enc(tok, qwen3_format_instruction(QWEN3_TASK, Q, d))
+        ids += _enc(tok, QWEN3_SUFFIX)
+        pair = _last_logits(raw, ids)[[no, yes]].log_softmax(-1)
+        want.append(float(pair[1].exp()))  # the card's score: P(yes) over (no, yes)
+    got = np.asarray(r.score(Q, DOCS))
+    np.testing.assert_allclose(1 / (1 + np.exp(-got)), want, atol=1e-5)
+    custom = Reranker("llm-pointwise", engine=tiny_engine, prompt="qwen3-reranker", instruction="Find cats")
+    assert not np.allclose(custom.score(Q, DOCS), got)
+
+
+def test_bge_gemma_is_the_raw_yes_logit(tiny_engine, raw):
+    tok = raw[0]
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="bge-gemma")
+    assert r.score_kind is ScoreKind.UNBOUNDED
+    got = np.asarray(r.score(Q, DOCS))
+    # by hand: [BOS] + "A: q" + "\n" + "B: p" + "\n" + prompt, each tokenized alone; the raw 'Yes' logit
+    yes = _enc(tok, "Yes")[0]
+    inst = PROMPTS["bge-gemma"].instruction
+    want = []
+    for d in DOCS:
+        ids = [tok.bos_token_id, *_enc(tok, f"A: {Q}"), *_enc(tok, "\n"), *_enc(tok, f"B: {d}")]
+        want.append(float(_last_logits(raw, ids + _enc(tok, "\n") + _enc(tok, inst))[yes]))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_mxbai_v2_is_the_one_minus_zero_logit(tiny_engine, raw):
+    tok = raw[0]
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2")
+    assert r.score_kind is ScoreKind.LOGIT
+    got = np.asarray(r.score(Q, DOCS))
+    one, zero = _enc(tok, "1")[0], _enc(tok, "0")[0]
+    pieces = PROMPTS["mxbai-v2"].pieces
+    want = []
+    for d in DOCS:
+        ids = _enc(tok, pieces[0]) + _enc(tok, f"query: {Q}") + _enc(tok, "\n") + _enc(tok, f"document: {d}")
+        ids += _enc(tok, "\n") + _enc(tok, pieces[5]) + _enc(tok, pieces[6])
+        logits = _last_logits(raw, ids)
+        want.append(float(logits[one] - logits[zero]))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["bge-gemma", "mxbai-v2"])
+def test_presets_give_the_reference_packages_scores(preset, tiny_engine):
+    got = Reranker("llm-pointwise", engine=tiny_engine, prompt=preset).score(Q, REF_DOCS)
+    np.testing.assert_allclose(got, REF[preset], atol=1e-4)
+
+
+def test_long_document_is_cut_to_the_context(tiny_causal_lm):
+    from unirank.backends.causal_lm import CausalLM
+
+    engine = CausalLM(tiny_causal_lm, max_length=64)
+    r = Reranker("llm-pointwise", engine=engine, prompt="bge-gemma")
+    assert np.isfinite(r.score(Q, ["rain " * 500])).all()
+    tiny = CausalLM(tiny_causal_lm, max_length=8)
+    with pytest.raises(ValueError, match="context limit"):
+        Reranker("llm-pointwise", engine=tiny, prompt="bge-gemma").score(Q, ["rain"])
+
+
+def test_bad_score_options():
+    with pytest.raises(ValueError, match="score="):
+        Reranker("llm-pointwise:openai:m", base_url="http://127.0.0.1:9/v1", prompt="bge-gemma")
+    with pytest.raises(ValueError, match="score="):
+        Reranker("llm-pointwise:openai:m", base_url="http://127.0.0.1:9/v1", score="logit")
