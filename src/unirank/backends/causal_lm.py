@@ -254,6 +254,16 @@ class CausalLM:
     def next_token_logprobs(self, prompts: list[list[int]], token_ids: list[int] | None = None) -> np.ndarray:
         """Log-probabilities of the next token after each prompt (token ids): ``[n, vocab]``, or
         ``[n, len(token_ids)]`` for just those tokens."""
+        return self._next_token(prompts, token_ids, log_softmax=True)
+
+    def next_token_logits(self, prompts: list[list[int]], token_ids: list[int] | None = None) -> np.ndarray:
+        """Raw next-token logits after each prompt (some rerankers score with one logit, not a
+        probability): ``[n, vocab]``, or ``[n, len(token_ids)]``."""
+        return self._next_token(prompts, token_ids, log_softmax=False)
+
+    def _next_token(
+        self, prompts: list[list[int]], token_ids: list[int] | None, log_softmax: bool
+    ) -> np.ndarray:
         for p in prompts:
             self.check_length(p)
         feats = [{"input_ids": list(p)} for p in prompts]
@@ -264,10 +274,12 @@ class CausalLM:
             inputs = self._collate(batch)
             last = [len(f["input_ids"]) - 1 for f in batch]
             logits, col = self._logits(inputs, last)
-            rows = logits[torch.arange(len(batch)), [col[p] for p in last]].log_softmax(-1)
+            rows = logits[torch.arange(len(batch)), [col[p] for p in last]]
+            if log_softmax:
+                rows = rows.float().log_softmax(-1)
             if token_ids is not None:
                 rows = rows[:, token_ids]
-            return rows.cpu().numpy()
+            return rows.float().cpu().numpy()
 
         return self._run(feats, forward)
 

@@ -224,23 +224,6 @@ class LLMPointwiseRanker(PointwiseRanker):
             ids[k] = ids[k][:-over]
         return head + [t for x in ids for t in x]
 
-    def _next_logits(self, prompts: list[list[int]]) -> np.ndarray:
-        """Raw next-token logits of the label tokens, ``[n, labels]`` (``score="yes"``)."""
-        from ..backends import hf
-
-        torch, _ = hf.torch_modules()
-        e = self.engine
-        for p in prompts:
-            e.check_length(p)
-
-        def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
-            last = [len(f["input_ids"]) - 1 for f in batch]
-            logits, col = e._logits(e._collate(batch), last)
-            rows = logits[torch.arange(len(batch)), [col[p] for p in last]]
-            return rows[:, self._label_ids].cpu().numpy()  # type: ignore[no-any-return]
-
-        return e._run([{"input_ids": list(p)} for p in prompts], forward)  # type: ignore[no-any-return]
-
     def _finish_labels(self, lp: np.ndarray) -> np.ndarray:
         if self.mode == "yesno" and self.score_by == "yes":
             return lp[:, 0]
@@ -277,7 +260,7 @@ class LLMPointwiseRanker(PointwiseRanker):
                 for q, t in zip(queries, texts)
             ]
         if self.score_by == "yes":
-            return self._finish_labels(self._next_logits(prompts))
+            return self._finish_labels(self.engine.next_token_logits(prompts, self._label_ids))
         return self._finish_labels(self.engine.next_token_logprobs(prompts, self._label_ids))
 
     # -- server -------------------------------------------------------------------------------------------
