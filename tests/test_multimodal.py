@@ -140,13 +140,17 @@ def test_openai_compatible_vision_endpoint(vision_server):
     reds = [np.asarray(im, dtype=np.float64)[..., 0].mean() / 255 for im in imgs]
     expected = [-(1 - x) + x for x in reds]  # logprob(True) - logprob(False)
     np.testing.assert_allclose(r.score(Q, docs), expected, atol=1e-9)
-    body = _VisionServer.requests[0]
-    assert body["model"] == "tiny-vlm" and body["max_tokens"] == 1 and body["logprobs"] is True
-    parts = body["messages"][0]["content"]
-    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
-    decoded = load_image(base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1]))
-    assert np.array_equal(np.asarray(decoded), np.asarray(imgs[0]))
-    assert parts[-1] == {"type": "text", "text": VLM_PROMPT.format(query=Q)}
+    # the requests run concurrently, so they arrive in any order: every image must arrive exactly once
+    decoded = []
+    for body in _VisionServer.requests[: len(imgs)]:
+        assert body["model"] == "tiny-vlm" and body["max_tokens"] == 1 and body["logprobs"] is True
+        parts = body["messages"][0]["content"]
+        assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+        assert parts[-1] == {"type": "text", "text": VLM_PROMPT.format(query=Q)}
+        payload = base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1])
+        decoded.append(np.asarray(load_image(payload)))
+    for im in map(np.asarray, imgs):
+        assert sum(d.shape == im.shape and np.array_equal(d, im) for d in decoded) == 1
     res = asyncio.run(r.arank(Q, docs))
     assert res.indices[0] == 2 and res.scores[0] == pytest.approx(1.0)
     # a candidate token missing from top_logprobs gets the smallest listed log-probability
