@@ -176,13 +176,7 @@ class Ranker(ABC):
         qs = [check_query(q) for q in queries]
         ds = [to_documents(d) for d in docs_lists]
         if not self.accepts_images:
-            for docs in ds:
-                for i, d in enumerate(docs):
-                    if d.metadata.get("image") is not None:
-                        raise TypeError(
-                            f"{self.name} reads text only but got an image document at index {i} "
-                            "(metadata['image']); use a vision-language ranker such as 'vlm:<model>'"
-                        )
+            reject_image_documents(ds, self.name)
         return qs, ds
 
     def _score_nonempty(
@@ -231,6 +225,22 @@ def _check_rank_options(top_k: Any, normalize: Any) -> None:
         raise ValueError(f"top_k must be None or an integer >= 0, got {top_k!r}")
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize={normalize!r}; expected one of {NORMALIZATIONS}")
+
+
+def has_image(doc: Document) -> bool:
+    """Whether a document carries an image (``metadata["image"]``: a path, bytes or a PIL image)."""
+    return doc.metadata.get("image") is not None
+
+
+def reject_image_documents(docs_lists: Sequence[Sequence[Document]], ranker: str) -> None:
+    """Raise ``TypeError`` if any document carries an image: a text-only model would silently ignore it."""
+    for docs in docs_lists:
+        for i, d in enumerate(docs):
+            if has_image(d):
+                raise TypeError(
+                    f"{ranker} reads text only but got an image document at index {i} "
+                    "(metadata['image']); use a vision-language ranker such as 'vlm:<model>'"
+                )
 
 
 AGGREGATIONS = ("max", "first", "sum", "mean")

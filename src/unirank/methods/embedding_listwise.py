@@ -27,7 +27,6 @@ import numpy as np
 from ..base import Capabilities
 from ..types import Document
 from .embedding import EmbeddingRanker
-from .multimodal import reject_image_documents
 
 __all__ = ["E2RANK_TEMPLATE", "EmbeddingListwiseRanker"]
 
@@ -103,7 +102,6 @@ class EmbeddingListwiseRanker(EmbeddingRanker):
             words = max(words * self.max_length // n_tokens - 1, 1) if words > 8 else words // 2 or 1
 
     def _score_many(self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False):
-        reject_image_documents(docs_lists, self.name)
         prompts = [self.listwise_query(q, [d.text for d in docs]) for q, docs in zip(queries, docs_lists)]
         qv = self.encode(prompts, self.query_prompt)
         texts = [d.text for docs in docs_lists for d in docs]

@@ -34,7 +34,6 @@ from ..base import Capabilities, Ranker
 from ..batching import token_budget_batches
 from ..errors import SpecError
 from ..types import Document, ScoreKind
-from .multimodal import reject_image_documents
 
 __all__ = ["ColBERTRanker", "maxsim"]
 
@@ -247,7 +246,6 @@ class ColBERTRanker(Ranker):
 
     # -- scoring ------------------------------------------------------------------------------------------
     def _score_many(self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False):
-        reject_image_documents(docs_lists, self.name)
         qemb = self.encode_queries(queries)
         missing = list(dict.fromkeys(d.text for docs in docs_lists for d in docs if self._stored(d) is None))
         fresh = dict(zip(missing, self.encode_documents(missing))) if missing else {}

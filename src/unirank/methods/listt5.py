@@ -33,7 +33,6 @@ from ..backends import hf
 from ..base import Capabilities, Ranker
 from ..errors import SpecError
 from ..types import Document, ScoreKind
-from .multimodal import reject_image_documents
 
 __all__ = ["ListT5Ranker", "tournament_calls", "tournament_top_k"]
 
@@ -271,7 +270,6 @@ class ListT5Ranker(Ranker):
     def _score_many(self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False):
         from ..strategies.base import rank_scores
 
-        reject_image_documents(docs_lists, self.name)
         out = []
         for q, docs in zip(queries, docs_lists):
             top = self.top_k_indices(q, docs)

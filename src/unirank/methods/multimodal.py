@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base import Capabilities, Ranker
+from ..base import Capabilities, Ranker, has_image, reject_image_documents
 from ..errors import SpecError, require
 from ..types import Document, ScoreKind
 
@@ -46,22 +46,6 @@ VLM_PROMPT = (
     "Assert the relevance of the previous image document to the following query, answer True or False. "
     "The query is: {query}"
 )
-
-
-def has_image(doc: Document) -> bool:
-    """Whether a document carries an image (``metadata["image"]``: a path, bytes or a PIL image)."""
-    return doc.metadata.get("image") is not None
-
-
-def reject_image_documents(docs_lists: list[list[Document]], ranker: Any) -> None:
-    """Raise ``TypeError`` if any document carries an image: a text-only model would silently ignore it."""
-    for docs in docs_lists:
-        for i, doc in enumerate(docs):
-            if has_image(doc):
-                raise TypeError(
-                    f"document {doc.id!r} (index {i}) is an image document (metadata['image']), but {ranker} "
-                    "reads text only; use a vision-language ranker such as 'vlm:<model>'"
-                )
 
 
 def load_image(image: Any) -> Any:

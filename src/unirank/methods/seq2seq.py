@@ -26,7 +26,6 @@ from ..backends import hf
 from ..base import Capabilities, PointwiseRanker, Ranker
 from ..errors import SpecError
 from ..types import Document, ScoreKind
-from .multimodal import reject_image_documents
 
 __all__ = ["MONOT5_TOKENS", "DuoT5Ranker", "MonoT5Ranker", "RankT5Ranker", "load_seq2seq"]
 
@@ -192,7 +191,18 @@ def _share_budget(lengths: list[int], budget: int) -> list[int]:
     return out
 
 
-class MonoT5Ranker(_T5Scorer, PointwiseRanker):
+class _PointwiseT5(_T5Scorer, PointwiseRanker):
+    """Pointwise T5 scorers: ``self.template`` filled per (query, document), scored by ``self._forward``."""
+
+    def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
+        feats = [
+            self._encode_template(self.template, {"query": q, "document": t}, ("document",))
+            for q, t in zip(queries, texts)
+        ]
+        return self._run(feats, self._forward, show_progress, self.name)
+
+
+class MonoT5Ranker(_PointwiseT5):
     """monoT5 pointwise reranker: ``score = logit(true) - logit(false)`` at the first decoder step.
 
     Args:
@@ -232,19 +242,8 @@ class MonoT5Ranker(_T5Scorer, PointwiseRanker):
         logits = self._first_step_logits(batch)
         return (logits[:, self.true_id] - logits[:, self.false_id]).cpu().numpy()
 
-    def _score_many(self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False):
-        reject_image_documents(docs_lists, self.name)
-        return super()._score_many(queries, docs_lists, show_progress)
 
-    def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
-        feats = [
-            self._encode_template(self.template, {"query": q, "document": t}, ("document",))
-            for q, t in zip(queries, texts)
-        ]
-        return self._run(feats, self._forward, show_progress, self.name)
-
-
-class RankT5Ranker(_T5Scorer, PointwiseRanker):
+class RankT5Ranker(_PointwiseT5):
     """RankT5 reranker (unnormalised ranking scores).
 
     Args:
@@ -318,17 +317,6 @@ class RankT5Ranker(_T5Scorer, PointwiseRanker):
             return self.head(hidden)[:, 0].cpu().numpy()
         return self._first_step_logits(batch)[:, self.score_id].cpu().numpy()
 
-    def _score_many(self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False):
-        reject_image_documents(docs_lists, self.name)
-        return super()._score_many(queries, docs_lists, show_progress)
-
-    def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
-        feats = [
-            self._encode_template(self.template, {"query": q, "document": t}, ("document",))
-            for q, t in zip(queries, texts)
-        ]
-        return self._run(feats, self._forward, show_progress, self.name)
-
 
 class DuoT5Ranker(_T5Scorer, Ranker):
     """duoT5 pairwise reranker over the first ``top_k`` candidates, aggregated by sym-sum.
@@ -384,7 +372,6 @@ class DuoT5Ranker(_T5Scorer, Ranker):
         return out
 
     def _score_many(self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False):
-        reject_image_documents(docs_lists, self.name)
         out = []
         for q, docs in zip(queries, docs_lists):
             k = min(self.top_k, len(docs))
