@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import abstractmethod
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -127,6 +127,33 @@ def ask(window: list[int]) -> Generator[list[list[int]], list[list[int]], list[i
     """Sub-plan: rank one window; ``perm = yield from ask(window)``."""
     answers = yield [window]
     return answers[0]
+
+
+def heap_top_k(n: int, k: int, arity: int, sift: Callable[[list[int], int, int], Plan]) -> Plan:
+    """Heap-sort plan for the best ``k`` of positions ``0..n-1`` in an ``arity``-ary max-heap.
+
+    ``sift(heap, node, size)`` is the strategy's sift-down (it asks the model which of a node and its children
+    is best). The heap is built level by level, bottom up, with the sifts of one level run in lock-step
+    (:func:`parallel`); then the root is popped ``k`` times. Returns the top ``k`` positions, best first.
+    """
+    heap = list(range(n))
+    if n == 0:
+        return []
+    depth = [0] * n
+    for v in range(1, n):
+        depth[v] = depth[(v - 1) // arity] + 1
+    internal = [v for v in range(n) if arity * v + 1 < n]
+    for d in sorted({depth[v] for v in internal}, reverse=True):
+        yield from parallel([sift(heap, v, n) for v in internal if depth[v] == d])
+    top, size = [], n
+    for j in range(k):
+        top.append(heap[0])
+        if j == k - 1:
+            break
+        size -= 1
+        heap[0] = heap[size]
+        yield from sift(heap, 0, size)
+    return top
 
 
 def parallel(subs: list[Generator[list[list[int]], list[list[int]], Any]]) -> Generator[Any, Any, list[Any]]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Plan, WindowRanker, WindowStrategy, check_int, parallel
+from .base import Plan, WindowRanker, WindowStrategy, check_int, heap_top_k
 
 __all__ = ["PAIRWISE_METHODS", "Pairwise"]
 
@@ -119,21 +119,4 @@ class Pairwise(WindowStrategy):
             node = child
 
     def _heap(self, n: int, k: int) -> Plan:
-        heap = list(range(n))
-        if n == 0:
-            return []
-        depth = [0] * n
-        for v in range(1, n):
-            depth[v] = depth[(v - 1) // 2] + 1
-        internal = [v for v in range(n) if 2 * v + 1 < n]
-        for d in sorted({depth[v] for v in internal}, reverse=True):
-            yield from parallel([self._sift(heap, v, n) for v in internal if depth[v] == d])
-        top, size = [], n
-        for j in range(k):
-            top.append(heap[0])
-            if j == k - 1:
-                break
-            size -= 1
-            heap[0] = heap[size]
-            yield from self._sift(heap, 0, size)
-        return top
+        return (yield from heap_top_k(n, k, 2, self._sift))
