@@ -107,7 +107,7 @@ class Ranker(ABC):
         show_progress: bool = False,
     ) -> list[RankedResults]:
         """Rank many queries' candidate lists; model batches are built across queries."""
-        _check_rank_options(top_k, normalize)
+        check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         scores = self._score_nonempty(qs, ds, show_progress)
         return self._finish(qs, ds, scores, top_k, normalize)
@@ -130,7 +130,7 @@ class Ranker(ABC):
         normalize: str | None = None,
     ) -> list[RankedResults]:
         """Async :meth:`rank_many`."""
-        _check_rank_options(top_k, normalize)
+        check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         keep = [i for i, d in enumerate(ds) if d]
         got = await self._ascore_many([qs[i] for i in keep], [ds[i] for i in keep]) if keep else []
@@ -218,7 +218,8 @@ class Ranker(ABC):
         return out
 
 
-def _check_rank_options(top_k: Any, normalize: Any) -> None:
+def check_rank_options(top_k: Any, normalize: Any) -> None:
+    """Check ``top_k`` / ``normalize`` before any scoring (also used by rankers that override rank_many)."""
     from .normalize import NORMALIZATIONS
 
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..backends.http import RETRY_STATUS, backoff_delay
-from ..base import Capabilities, Ranker
+from ..base import Capabilities, Ranker, check_rank_options
 from ..errors import SpecError, UniRankError, require
 from ..types import DocLike, Document, RankedResults, ScoreKind
 
@@ -220,6 +220,7 @@ class APIRanker(Ranker):
         show_progress: bool = False,
     ) -> list[RankedResults]:
         """Rank many lists; ``top_k`` is sent to the service as its ``top_n`` / ``top_k``."""
+        check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         scores = _run_sync(lambda: self._ascore_lists(qs, ds, self._top(top_k)))
         return self._finish(qs, ds, scores, top_k, normalize)
@@ -231,13 +232,12 @@ class APIRanker(Ranker):
         top_k: int | None = None,
         normalize: str | None = None,
     ) -> list[RankedResults]:
+        check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         scores = await self._ascore_lists(qs, ds, self._top(top_k))
         return self._finish(qs, ds, scores, top_k, normalize)
 
     def _top(self, top_k: int | None) -> int | None:
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
         cands = [t for t in (top_k, self.top_n) if t]
         return min(cands) if cands else None
 

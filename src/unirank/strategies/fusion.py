@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base import Capabilities, Ranker
+from ..base import Capabilities, Ranker, check_rank_options
 from ..normalize import minmax, normalize_scores, zscore
 from ..types import DocLike, Document, RankedResults, Result, ScoreKind
 
@@ -267,6 +267,7 @@ class Fusion(Ranker):
         show_progress: bool = False,
     ) -> list[RankedResults]:
         """Rank with every ranker (each batched across queries), then fuse per query."""
+        check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         per = [r.rank_many(qs, ds, show_progress=show_progress) for r in self.rankers]
         return [self._build(qs[i], ds[i], [p[i] for p in per], top_k, normalize) for i in range(len(qs))]
@@ -279,6 +280,7 @@ class Fusion(Ranker):
         normalize: str | None = None,
     ) -> list[RankedResults]:
         """Async :meth:`rank_many`: the rankers run concurrently."""
+        check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
         per = await asyncio.gather(*(r.arank_many(qs, ds) for r in self.rankers))
         return [self._build(qs[i], ds[i], [p[i] for p in per], top_k, normalize) for i in range(len(qs))]
