@@ -234,6 +234,38 @@ METHODS: tuple[Method, ...] = (
         "in-context re-ranking from query-to-document attention, content-free calibrated (2 forwards)",
         needs_arg=False,
     ),
+    Method(
+        "jina-v3",
+        "unirank.methods.listwise_encoder:JinaV3Ranker",
+        "listwise-encoder",
+        "similarity",
+        "hf",
+        "jina-v3:jinaai/jina-reranker-v3",
+        "jina-reranker-v3 'last but not late': query + a block of documents in one Qwen3 context, cosine of "
+        "the projected <|rerank_token|> / <|embed_token|> states (blocks merged by weighted query)",
+        aliases=("lbnl",),
+    ),
+    Method(
+        "set-encoder",
+        "unirank.methods.set_encoder:SetEncoderRanker",
+        "listwise-encoder",
+        "logit",
+        "hf",
+        "set-encoder:webis/set-encoder-base",
+        "Set-Encoder (ECIR'25): ELECTRA cross-encoder whose passages attend to each other's [INT] tokens; "
+        "all candidates scored as one permutation-invariant set (sets of `depth`, 100)",
+        aliases=("setenc",),
+    ),
+    Method(
+        "layerwise",
+        "unirank.methods.layerwise:LayerwiseRanker",
+        "llm-pointwise",
+        "logit",
+        "hf",
+        "layerwise:BAAI/bge-reranker-v2-minicpm-layerwise",
+        "bge-reranker-v2-minicpm-layerwise: MiniCPM run natively as Llama (scalars folded into weights), "
+        "the per-layer score head at `cutoff_layer` (28) read at the last real token",
+    ),
 )
 
 
@@ -314,6 +346,15 @@ def _resolve_model(spec: str) -> Resolution:
     archs = [str(a) for a in config.get("architectures") or []]
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return Resolution(spec, get_method("ce"), spec, f"config.json architectures {archs}")
+    by_arch = {
+        "JinaForRanking": "jina-v3",
+        "LayerWiseMiniCPMForCausalLM": "layerwise",
+        "SetEncoderElectraModel": "set-encoder",
+        "SetEncoderBertModel": "set-encoder",
+    }
+    for arch in archs:
+        if arch in by_arch:
+            return Resolution(spec, get_method(by_arch[arch]), spec, f"config.json architectures {archs}")
     if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
         return Resolution(spec, get_method("embed"), spec, "sentence-transformers files (modules.json)")
     raise SpecError(

@@ -7,6 +7,9 @@ document to the following query, answer True or False. The query is: {query}"``,
 ``logit(True) - logit(False)`` for the next token (:attr:`ScoreKind.LOGIT`).
 
 - :class:`VLMRanker`: local transformers (``AutoProcessor`` + ``AutoModelForImageTextToText``, e.g. Qwen2-VL).
+  A PEFT LoRA adapter (MonoQwen2-VL is one, on Qwen2-VL-2B-Instruct) is merged into the base weights by
+  :mod:`unirank.backends.lora`, so PEFT is not needed: give the adapter folder as the model (its
+  ``adapter_config.json`` names the base model) or ``adapter=`` next to the base model.
 - :class:`VLMApiRanker`: any OpenAI-compatible vision endpoint (vLLM, SGLang, Ollama, hosted APIs): the image
   goes as a base64 ``data:`` URL in an ``image_url`` content part, one request per document (truly async),
   and the score is ``logprob(True) - logprob(False)`` from the first token's ``top_logprobs``.
@@ -21,6 +24,7 @@ import base64
 import io
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +89,77 @@ def _check_docs(docs_lists: list[list[Document]]) -> None:
                 raise ValueError(f"document {d.id!r} (index {i}) has neither an image nor text")
 
 
+class _ImageTokenProcessor:
+    """Qwen2-VL-style inputs without the processor class: transformers 5 builds ``Qwen2VLProcessor`` with a
+    video processor that needs torchvision, so without it this uses the tokenizer (and its chat template),
+    the image processor (PIL backend) and repeats the image token once per merged patch
+    (``grid_t * grid_h * grid_w / merge_size**2``), as the processor does."""
+
+    def __init__(self, path: Path, image_token_id: int, trust_remote_code: bool = False) -> None:
+        from ..backends import hf
+
+        _, transformers = hf.torch_modules()
+        self._batch = transformers.BatchFeature
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(path), trust_remote_code=trust_remote_code
+        )
+        self.image_processor = transformers.AutoImageProcessor.from_pretrained(
+            str(path), trust_remote_code=trust_remote_code
+        )
+        self.merge = getattr(self.image_processor, "merge_size", None)
+        if not isinstance(self.merge, int):
+            raise SpecError(f"{path}: no processor could be built and the image processor has no merge_size")
+        if not self.tokenizer.chat_template:
+            jinja, js = path / "chat_template.jinja", hf.read_json(path / "chat_template.json")
+            self.tokenizer.chat_template = (
+                jinja.read_text("utf-8") if jinja.is_file() else js.get("chat_template")
+            )
+        self.image_token_id = image_token_id
+        self.image_token = self.tokenizer.convert_ids_to_tokens(image_token_id)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def __call__(self, text: list[str], images: list[Any] | None = None, return_tensors: str = "pt") -> Any:
+        feats: dict[str, Any] = {}
+        if images:
+            feats = dict(self.image_processor(images=images, return_tensors=return_tensors))
+            counts = iter([int(g.prod()) // self.merge**2 for g in feats["image_grid_thw"]])
+            pad = re.compile(re.escape(self.image_token))
+            text = [pad.sub(lambda _: self.image_token * next(counts), t) for t in text]
+        enc = dict(self.tokenizer(text, return_tensors=return_tensors, padding=True))
+        enc["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).long()
+        return self._batch({**enc, **feats})
+
+
+def _load_processor(path: Path, config: dict[str, Any], trust_remote_code: bool) -> Any:
+    from ..backends import hf
+
+    _, transformers = hf.torch_modules()
+    try:
+        return transformers.AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ImportError as exc:
+        if not isinstance(config.get("image_token_id"), int):
+            raise
+        logger.warning("%s: AutoProcessor failed (%s); using the tokenizer and image processor", path, exc)
+        return _ImageTokenProcessor(path, config["image_token_id"], trust_remote_code)
+
+
 class VLMRanker(Ranker):
     """Pointwise VLM reranker on local transformers (MonoQwen2-VL style True/False logits).
 
     Args:
-        model_name_or_path: a vision-language checkpoint (``*ForConditionalGeneration`` with a processor).
+        model_name_or_path: a vision-language checkpoint (``*ForConditionalGeneration`` with a processor),
+            or a PEFT LoRA adapter folder / hub id whose ``adapter_config.json`` names the base model.
+        adapter: a LoRA adapter (folder or hub id) to merge into ``model_name_or_path``'s weights.
         tokens: ``(false_token, true_token)``; default ``("False", "True")`` (MonoQwen2-VL).
         prompt: the instruction after the image, with ``{query}``.
-        processor: where to load the processor from (default: the model folder).
+        processor: where to load the processor from (default: the (base) model folder).
         device, dtype, trust_remote_code, revision: as for the other HF rankers.
 
-    >>> VLMRanker("lightonai/MonoQwen2-VL-v0.1", processor="Qwen/Qwen2-VL-2B-Instruct")  # doctest: +SKIP
+    The MonoQwen2-VL adapter: its base model (Qwen/Qwen2-VL-2B-Instruct) with the LoRA merged in.
+
+    >>> VLMRanker("lightonai/MonoQwen2-VL-v0.1")  # doctest: +SKIP
     """
 
     score_kind = ScoreKind.LOGIT
@@ -109,6 +173,7 @@ class VLMRanker(Ranker):
         tokens: tuple[str, str] = ("False", "True"),
         prompt: str = VLM_PROMPT,
         processor: str | None = None,
+        adapter: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
         trust_remote_code: bool = False,
@@ -116,13 +181,23 @@ class VLMRanker(Ranker):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        from ..backends import hf
+        from ..backends import hf, lora
 
         super().__init__(name or f"vlm:{model_name_or_path}", calibrator=kwargs.pop("calibrator", None))
         if kwargs:
             raise TypeError(f"unknown option(s) for a VLM ranker: {sorted(kwargs)}")
-        torch, transformers = hf.torch_modules()
+        torch, _ = hf.torch_modules()
         self.path = hf.local_model_dir(model_name_or_path, revision=revision)
+        self.adapter = hf.local_model_dir(adapter) if adapter else None
+        if lora.is_adapter_dir(self.path):
+            if self.adapter is not None:
+                raise TypeError(f"{model_name_or_path} is itself a LoRA adapter; do not pass adapter= too")
+            base = lora.read_adapter_config(self.path).get("base_model_name_or_path")
+            if not base:
+                raise SpecError(f"{self.path}: adapter_config.json names no base_model_name_or_path")
+            self.adapter, self.path = self.path, hf.local_model_dir(base)
+        elif self.adapter is not None and not lora.is_adapter_dir(self.adapter):
+            raise SpecError(f"adapter={adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
         config = hf.read_json(self.path / "config.json")
         archs = [str(a) for a in config.get("architectures") or []]
         if "vision_config" not in config or not any(a.endswith("ForConditionalGeneration") for a in archs):
@@ -132,9 +207,7 @@ class VLMRanker(Ranker):
                 f"got architectures={archs}"
             )
         proc_path = hf.local_model_dir(processor) if processor else self.path
-        self.processor = transformers.AutoProcessor.from_pretrained(
-            str(proc_path), trust_remote_code=trust_remote_code
-        )
+        self.processor = _load_processor(proc_path, config, trust_remote_code)
         self.device = hf.pick_device(device)
         self.model = hf.load_model(
             self.path,
@@ -143,6 +216,8 @@ class VLMRanker(Ranker):
             dtype=hf.torch_dtype(dtype, self.device),
             trust_remote_code=trust_remote_code,
         )
+        if self.adapter is not None:
+            lora.merge_lora(self.model, self.adapter)
         tok = self.processor.tokenizer
         ids = []
         for t in tokens:
