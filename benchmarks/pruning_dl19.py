@@ -8,6 +8,12 @@ times it against full scoring in the same process.
 
     python benchmarks/pruning_dl19.py --queries 43 --timed 5            # early-exit cheap stage
     python benchmarks/pruning_dl19.py --cheap int8 --queries 20           # int8 ONNX cheap stage
+    python benchmarks/pruning_dl19.py --cheap exit-head --model DIR      # fitted exit heads (DL20 -> DL19)
+
+With ``--cheap exit-head`` a linear head per early layer is fitted (``fit_exit_heads``: ridge regression of
+the full score on the layer's CLS + mean state) on TREC DL 2020 BM25 top-100 (``--data``, disjoint
+queries), then evaluated on DL 2019. ``--model`` picks the cross-encoder (default: MiniLM-L6 + random head;
+``benchmarks/train_dl20_cross_encoder.py`` makes a trained one).
 
 With ``--cheap int8`` the cheap stage is the same cross-encoder through the ONNX int8 engine and the full
 stage the ONNX fp32 engine (equal to torch within 1e-5); a cheap pair's cost is the measured int8 / fp32
@@ -133,15 +139,121 @@ def int8_cheap_stage(args) -> int:
     return 0
 
 
+def timed_pruner(ce, pr, tq, td, repeats: int, k: int) -> None:
+    """The real pruner vs full scoring on the same queries, same process, interleaved repeats."""
+    t_full, t_pr = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ref = ce.rank_many(tq, td, top_k=k)
+        t_full.append(time.perf_counter() - t)
+        pr.reset_stats()
+        t = time.perf_counter()
+        got = pr.rank_many(tq, td, top_k=k)
+        t_pr.append(time.perf_counter() - t)
+    agree = sum(set(a.indices) == set(b.indices) for a, b in zip(ref, got))
+    print(
+        f"{len(tq)} queries: full {statistics.median(t_full):.2f}s, pruned {statistics.median(t_pr):.2f}s "
+        f"(median of {repeats}), wall-time ratio {statistics.median(t_full) / statistics.median(t_pr):.2f}x, "
+        f"counted compute saving {pr.compute_saving:.2f}x, same top-10 set {agree}/{len(tq)}"
+    )
+
+
+def dl20(root: Path, depth: int = 100):
+    from _dl20 import load_dl20
+
+    queries, corpus, run, _ = load_dl20(root)
+    qids = sorted(run)
+    docs = [[corpus[d] for d, _ in sorted(run[q], key=lambda x: -x[1])[:depth]] for q in qids]
+    return qids, [queries[q] for q in qids], docs
+
+
+def exit_head_stage(args) -> int:
+    import torch
+
+    from unirank import Reranker
+    from unirank.backends import hf
+    from unirank.strategies.pruning import TopKPruner, _exit_features, _survivors, early_exit, fit_exit_heads
+
+    torch.set_num_threads(2)
+    path = Path(args.model) if args.model else build_minilm_ce(Path(tempfile.mkdtemp()) / "ce")
+    ce = Reranker(f"ce:{path}", device="cpu")
+    n_layers = ce.model.config.num_hidden_layers
+    layers = list(range(1, n_layers))
+    t = time.perf_counter()
+    _, fq, fd = dl20(Path(args.data) / "trec-dl-2020-passage")
+    heads = fit_exit_heads(ce, layers, fq, fd)
+    print(f"fitted heads for layers {layers} on {len(fq)} DL20 queries in {time.perf_counter() - t:.0f}s")
+    for h in heads.values():
+        print(f"  layer {h.num_layers}: R2 {h.r2:.3f} on the fit pairs, residual sd {h.residual_std:.3f}")
+    _, queries, docs_lists = dl19(args.queries)
+    qs = [q for q, d in zip(queries, docs_lists) for _ in d]
+    feats = hf.tokenize(ce.tokenizer, qs, [x.text for d in docs_lists for x in d], ce.max_length)
+
+    def fwd(batch):
+        inputs = hf.collate(batch, ce.tokenizer, "cpu")
+        out = ce.model(**inputs, output_hidden_states=True)
+        cols = [
+            _exit_features(out.hidden_states[x], inputs["attention_mask"]).numpy() @ heads[x].weight
+            + heads[x].bias
+            for x in layers
+        ]
+        return np.stack([*cols, ce._logits_to_scores(out.logits)], 1)
+
+    with torch.inference_mode():
+        flat = hf.run_model(feats, fwd, max_tokens=4096, batch_size=64)
+    scores, start = [], 0
+    for d in docs_lists:
+        scores.append(flat[start : start + len(d)].T)
+        start += len(d)
+    k = 10
+    print("| exit layer L | keep | margin (x sd) | compute vs full | same top-10 set | mean recall@10 |")
+    print("|---|---|---|---|---|---|")
+    best = None
+    for L in layers:
+        sd = heads[L].residual_std
+        for keep in (10, 15, 20, 25, 30, 40):
+            for z in (0.0, 0.5, 1.0):
+                same, rec, cost = 0, [], 0.0
+                for s in scores:
+                    full = s[-1]
+                    truth = set(np.argsort(-full, kind="stable")[:k].tolist())
+                    alive = _survivors(s[L - 1], keep, z * sd)
+                    cost += len(full) * L / n_layers + len(alive)
+                    sub = np.full(len(full), -np.inf)
+                    sub[alive] = full[alive]
+                    got = set(np.argsort(-sub, kind="stable")[:k].tolist())
+                    same += got == truth
+                    rec.append(len(truth & got) / k)
+                saving = sum(len(s[-1]) for s in scores) / cost
+                if saving >= 2 and (best is None or same > best[0]):
+                    best = (same, L, keep, z)
+                print(
+                    f"| {L} | {keep} | {z} | {saving:.2f}x less | {same}/{len(scores)} "
+                    f"({same / len(scores):.0%}) | {np.mean(rec):.3f} |",
+                    flush=True,
+                )
+    if best is None:
+        return 0
+    _, L, keep, z = best
+    pr = TopKPruner(ce, [(early_exit(ce, L, heads[L]), keep)], k=k, margin=z * heads[L].residual_std)
+    print(f"\nbest setting with >= 2x less compute: L={L}, keep={keep}, margin={z} sd")
+    timed_pruner(ce, pr, queries[: args.timed], docs_lists[: args.timed], args.repeats, k)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=43)
     ap.add_argument("--timed", type=int, default=5, help="queries for the real TopKPruner timing")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cheap", choices=["early-exit", "int8"], default="early-exit")
+    ap.add_argument("--cheap", choices=["early-exit", "int8", "exit-head"], default="early-exit")
+    ap.add_argument("--model", default=None, help="cross-encoder folder (exit-head mode)")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = ap.parse_args(argv)
     if args.cheap == "int8":
         return int8_cheap_stage(args)
+    if args.cheap == "exit-head":
+        return exit_head_stage(args)
     import torch
 
     from unirank import Reranker
@@ -183,23 +295,8 @@ def main(argv=None) -> int:
     # real pruner vs full scoring, same process, interleaved repeats
     L, keep = 1, 30
     pr = TopKPruner(ce, [(early_exit(ce, L), keep)], k=k)
-    tq, td = queries[: args.timed], docs_lists[: args.timed]
-    t_full, t_pr = [], []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        ref = ce.rank_many(tq, td, top_k=k)
-        t_full.append(time.perf_counter() - t)
-        pr.reset_stats()
-        t = time.perf_counter()
-        got = pr.rank_many(tq, td, top_k=k)
-        t_pr.append(time.perf_counter() - t)
-    agree = sum(set(a.indices) == set(b.indices) for a, b in zip(ref, got))
-    print(
-        f"\nTopKPruner(L={L}, keep={keep}) on {len(tq)} queries: full {statistics.median(t_full):.2f}s, "
-        f"pruned {statistics.median(t_pr):.2f}s (median of {args.repeats}), wall-time ratio "
-        f"{statistics.median(t_full) / statistics.median(t_pr):.2f}x, counted compute saving "
-        f"{pr.compute_saving:.2f}x, same top-10 set {agree}/{len(tq)}"
-    )
+    print(f"\nTopKPruner(L={L}, keep={keep})")
+    timed_pruner(ce, pr, queries[: args.timed], docs_lists[: args.timed], args.repeats, k)
     return 0
 
 

@@ -77,6 +77,34 @@ def test_int8_keeps_order_on_tiny_model(make_tiny_bert):
     assert min(taus) > 0.8, taus
 
 
+def test_bert_is_written_as_one_fused_graph_and_int8_quantises_attention(make_tiny_bert, tmp_path):
+    import onnx
+
+    from unirank.backends.onnx import onnx_model_file
+
+    path = make_tiny_bert("seqcls", seed=8)
+    fp = {n.op_type for n in onnx.load(str(onnx_model_file(path, "seqcls", cache_dir=tmp_path))).graph.node}
+    assert {"EmbedLayerNormalization", "Attention", "LayerNormalization", "Gelu"} <= fp
+    assert "Softmax" not in fp  # attention is one fused operator, not a dozen small ones
+    q8 = onnx_model_file(path, "seqcls", quantize="int8", cache_dir=tmp_path)
+    ops = [n.op_type for n in onnx.load(str(q8)).graph.node]
+    assert ops.count("QAttention") == 2 and "Attention" not in ops
+
+
+def test_models_the_fused_graph_does_not_cover_use_the_generic_export(make_tiny_bert, tmp_path):
+    import onnx
+
+    from unirank import Reranker
+    from unirank.backends.onnx import onnx_model_file
+
+    path = make_tiny_bert("seqcls", seed=9, hidden_act="gelu_new")  # tanh-approximated GELU: not fused
+    ops = {n.op_type for n in onnx.load(str(onnx_model_file(path, "seqcls", cache_dir=tmp_path))).graph.node}
+    assert "EmbedLayerNormalization" not in ops
+    ref = Reranker(f"ce:{path}", device="cpu")
+    ox = Reranker(f"ce:{path}", device="cpu", backend="onnx")
+    np.testing.assert_allclose(ox.score(QUERIES[0], DOCS), ref.score(QUERIES[0], DOCS), atol=1e-4, rtol=0)
+
+
 def test_bad_backend_options(make_tiny_bert):
     from unirank import Reranker
 

@@ -107,3 +107,43 @@ def test_early_exit_matches_hidden_states_oracle(make_tiny_bert):
     pr = TopKPruner(ce, [(ee, 6)], k=3)
     res = pr.rank("rain cloud", docs, top_k=3)
     assert len(res) == 3 and pr.stats["compute"] == pytest.approx(12 * 0.5 + 6)
+
+
+@pytest.mark.parametrize("num_labels", [1, 2])
+def test_fitted_exit_head_is_the_ridge_fit_and_scores_linearly(make_tiny_bert, num_labels):
+    import torch
+
+    from unirank import Reranker
+    from unirank.backends import hf
+    from unirank.strategies.pruning import fit_exit_head
+
+    path = make_tiny_bert("seqcls", num_labels=num_labels, seed=22)
+    ce = Reranker(f"ce:{path}", device="cpu")
+    queries = ["rain cloud", "purring cats", "entropy of gas", "water cycle"]
+    docs = [_docs(20, 5 + i) for i in range(len(queries))]
+    head = fit_exit_head(ce, 1, queries, docs, l2=1e-6)
+    assert head.pairs == 80 and head.weight.shape == (2 * ce.model.config.hidden_size,)
+    # oracle: numpy least squares (with intercept) of the full score on the layer-1 CLS + mean state
+    qs = [q for q, d in zip(queries, docs) for _ in d]
+    feats = hf.tokenize(ce.tokenizer, qs, [x for d in docs for x in d], ce.max_length)
+    with torch.inference_mode():
+        inputs = hf.collate(feats, ce.tokenizer, "cpu")
+        h1 = ce.model(**inputs, output_hidden_states=True).hidden_states[1].numpy().astype(np.float64)
+    mask = inputs["attention_mask"].numpy()[:, :, None]
+    cls = np.hstack([h1[:, 0], (h1 * mask).sum(1) / mask.sum(1)])  # CLS state, masked mean
+    full = np.concatenate([ce.score(q, d) for q, d in zip(queries, docs)])
+    design = np.hstack([cls, np.ones((len(cls), 1))])
+    coef = np.linalg.lstsq(design, full, rcond=None)[0]
+    np.testing.assert_allclose(design @ coef, cls @ head.weight + head.bias, atol=2e-3)
+    resid = full - (cls @ head.weight + head.bias)
+    centred = full - full.mean()
+    assert head.r2 == pytest.approx(1 - resid @ resid / (centred @ centred), abs=1e-4)
+    # early_exit with the head scores exactly w . feats_1 + b, and leaves the original model intact
+    ee = early_exit(ce, 1, head=head)
+    got = np.concatenate([ee.score(q, d) for q, d in zip(queries, docs)])
+    np.testing.assert_allclose(got, cls @ head.weight + head.bias, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate([ce.score(q, d) for q, d in zip(queries, docs)]), full)
+    with pytest.raises(ValueError, match="layer 1"):
+        early_exit(ce, 2, head=head)
+    with pytest.raises(ValueError):
+        fit_exit_head(ce, 3, queries, docs)

@@ -161,7 +161,10 @@ def run_bench(
     paths: Sequence[str] = PATHS,
     threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Time every path on the same (query, top-``depth``) lists; one row per path (see the module doc)."""
+    """Time every path on the same (query, top-``depth``) lists; one row per path (see the module doc).
+
+    Paths run interleaved query by query (rotating order); ``pairs_per_s`` is from the median round,
+    ``speedup_vs_st`` the median of the per-(round, query) time ratios to sentence-transformers."""
     torch = require("torch", "hf")
     from scipy.stats import kendalltau
 
@@ -177,19 +180,24 @@ def run_bench(
     queries = [ds.queries[q] for q in qids]
     texts = [[ds.corpus[d].text for d, _ in run[q][:depth]] for q in qids]
     fns = _make_paths(model_dir, paths, threads, workdir)
-    times: dict[str, list[float]] = {p: [] for p in fns}
+    names = list(fns)
+    unit: dict[str, dict[tuple[int, int], float]] = {p: {} for p in names}  # (round, query) -> seconds
     mem: dict[str, float] = {}
-    scores: dict[str, list[np.ndarray]] = {}
+    scores: dict[str, list[np.ndarray]] = {p: [np.zeros(0)] * len(queries) for p in names}
     for fn in fns.values():  # warm-up (first-call allocations, lazy init) outside the timings
         fn(queries[0], texts[0][:8])
-    for _ in range(repeats):
-        for p, fn in fns.items():
-            with _PeakRSS() as m:
-                t0 = time.perf_counter()
-                got = [fn(q, t) for q, t in zip(queries, texts)]
-                times[p].append(time.perf_counter() - t0)
-            mem[p] = max(mem.get(p, 0.0), (m.peak - m.start) / 2**20)
-            scores[p] = got
+    # interleaved per query, in a rotating path order, so that load changes on a shared machine hit
+    # every path alike; speed-ups are the median of per-(round, query) ratios measured back to back
+    for r in range(repeats):
+        for qi, (q, t) in enumerate(zip(queries, texts)):
+            k = (r * len(queries) + qi) % len(names)
+            for p in names[k:] + names[:k]:
+                with _PeakRSS() as m:
+                    t0 = time.perf_counter()
+                    scores[p][qi] = fns[p](q, t)
+                    unit[p][(r, qi)] = time.perf_counter() - t0
+                mem[p] = max(mem.get(p, 0.0), (m.peak - m.start) / 2**20)
+    times = {p: [sum(unit[p][(r, qi)] for qi in range(len(queries))) for r in range(repeats)] for p in names}
     n_pairs = sum(len(t) for t in texts)
     flops = forward_flops(model_dir, queries, texts)
     ref = scores.get("torch")
@@ -203,7 +211,9 @@ def run_bench(
             "ms_per_query": 1000 * med / len(queries),
             "rss_growth_mib": mem[p],
             "time_s": times[p],
-            "speedup_vs_st": (base / med) if base else None,
+            "speedup_vs_st": (
+                statistics.median(unit["st"][u] / unit[p][u] for u in unit[p]) if base else None
+            ),
             "gflops": flops / med / 1e9,
         }
         if ref is not None:
@@ -230,7 +240,7 @@ def forward_flops(model_dir: str | Path, queries: list[str], texts: list[list[st
 
 def matmul_peaks(m: int = 2048, k: int = 384, n: int = 1536, repeats: int = 7, threads: int = 2) -> dict:
     """Measured GFLOP/s of onnxruntime's fp32 MatMul and int8 MatMulInteger (the kernels the ONNX
-    paths use) on a BERT-FFN-shaped product; the median of ``repeats`` runs."""
+    paths use) and torch's bf16 matmul on a BERT-FFN-shaped product; the median of ``repeats`` runs."""
     onnx = require("onnx", "onnx")
     from onnx import TensorProto, helper
 
@@ -268,6 +278,18 @@ def matmul_peaks(m: int = 2048, k: int = 384, n: int = 1536, repeats: int = 7, t
                 sess.run(None, {"A": a})
             ts.append((time.perf_counter() - t0) / 5)
         out[kind] = 2 * m * k * n / statistics.median(ts) / 1e9
+    torch = require("torch", "hf")  # bf16: torch's matmul (oneDNN; AMX on CPUs that have it)
+    torch.set_num_threads(threads)
+    a16 = torch.randn(m, k).bfloat16()
+    b16 = torch.randn(k, n).bfloat16()
+    torch.matmul(a16, b16)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            torch.matmul(a16, b16)
+        ts.append((time.perf_counter() - t0) / 5)
+    out["bf16"] = 2 * m * k * n / statistics.median(ts) / 1e9
     return out
 
 

@@ -31,11 +31,23 @@ import numpy as np
 
 from ..errors import require
 
-__all__ = ["OnnxForward", "cache_root", "make_session", "onnx_forward_for", "onnx_model_file", "pad_numpy"]
+__all__ = [
+    "DEFAULT_TOKEN_BUDGET",
+    "OnnxForward",
+    "cache_root",
+    "make_session",
+    "onnx_forward_for",
+    "onnx_model_file",
+    "pad_numpy",
+]
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("seqcls", "encoder")
+# tokens per batch (batch size * longest item) for onnxruntime on CPU: smaller batches stay in cache; on
+# MiniLM-L6 int8 with 2 threads, 1.5k-token batches ran ~20 % faster per token than 3k and ~35 % faster
+# than 6k (docs/benchmarks-speed.md)
+DEFAULT_TOKEN_BUDGET = 2048
 QUANTIZE = (None, "int8")
 _BERT_LIKE = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert", "mpnet"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".txt", ".model")
@@ -144,8 +156,10 @@ def _quantize_int8(src: Path, dst: Path, per_channel: bool, keep_fp32: tuple[str
     nodes = [
         n.name
         for n in graph.node
-        if n.op_type in ("MatMul", "Gemm")
-        and any(i in weights for i in n.input[:2])
+        if (
+            (n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input[:2]))
+            or n.op_type == "Attention"  # fused attention -> QAttention (int8 QKV projection)
+        )
         and not any(k in n.name for k in keep_fp32)
     ]
     q.quantize_dynamic(
@@ -154,6 +168,7 @@ def _quantize_int8(src: Path, dst: Path, per_channel: bool, keep_fp32: tuple[str
         weight_type=q.QuantType.QInt8,
         per_channel=per_channel,
         nodes_to_quantize=nodes,
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
@@ -176,9 +191,12 @@ def onnx_model_file(
     ``kind`` is ``"seqcls"`` (a cross-encoder; output ``logits``) or ``"encoder"`` (output
     ``last_hidden_state``). ``model`` / ``tokenizer`` may be passed when already loaded (fp32, CPU);
     otherwise they are loaded from ``model_dir`` (safetensors only). ``quantize="int8"`` applies dynamic int8
-    quantisation of the MatMul / Gemm weights (``per_channel`` scales by default); nodes whose name
-    contains one of ``keep_fp32`` (e.g. ``"output/dense"``, the second feed-forward matmul of BERT layers,
-    the most sensitive to int8) stay fp32.
+    quantisation of the MatMul / Gemm weights and fused attention (``per_channel`` scales by default);
+    nodes whose name contains one of ``keep_fp32`` stay fp32 (e.g. ``"ffn_out"``, the second feed-forward
+    matmul of each layer in the fused BERT graph, the most sensitive to int8; ``"output/dense"`` in a
+    generic export). Plain BERT models are written directly as a fused graph
+    (:mod:`unirank.backends.onnx_bert`); other architectures are exported with torch and fused by
+    onnxruntime's optimiser where it can.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
@@ -187,16 +205,17 @@ def onnx_model_file(
     require("onnxruntime", "onnx")
     require("onnx", "onnx")
     src = Path(model_dir).resolve()
-    options = {"kind": kind, "quantize": quantize, "optimize": optimize, "opset": opset}
+    options: dict[str, Any] = {"kind": kind, "quantize": quantize, "optimize": optimize, "opset": opset}
     if quantize:
         options["per_channel"] = per_channel
         options["keep_fp32"] = sorted(keep_fp32)
+    options["graph"] = 2  # bump when the written graph changes, so stale cached exports are not reused
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     final = root / "onnx" / _cache_key(src, options)
     target = final / "model.onnx"
     if target.is_file():
         return target
-    from . import hf
+    from . import hf, onnx_bert
 
     if tokenizer is None:
         tokenizer = hf.load_tokenizer(src)
@@ -208,10 +227,13 @@ def onnx_model_file(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root / "onnx"))
     try:
         logger.info("exporting %s to ONNX (%s)", src, options)
-        _export(model, kind, _input_names(tokenizer), tmp / "raw.onnx", opset)
         current = tmp / "raw.onnx"
-        if optimize and _optimize(current, tmp / "opt.onnx", model.config):
-            current = tmp / "opt.onnx"
+        if optimize and onnx_bert.supports(model):  # write the fused graph directly
+            onnx_bert.build_bert_graph(model, kind, _input_names(tokenizer), current, max(opset, 20))
+        else:
+            _export(model, kind, _input_names(tokenizer), current, opset)
+            if optimize and _optimize(current, tmp / "opt.onnx", model.config):
+                current = tmp / "opt.onnx"
         if quantize == "int8":
             _quantize_int8(current, tmp / "int8.onnx", per_channel, tuple(keep_fp32))
             current = tmp / "int8.onnx"
@@ -241,7 +263,11 @@ def make_session(path: str | os.PathLike[str], threads: int | None = None) -> An
         if threads < 1:
             raise ValueError("threads must be >= 1")
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    # onnxruntime's SkipLayerNormalization CPU kernel measured ~3x slower than Add + LayerNormalization
+    # (MiniLM-L6, 2 threads): keep the unfused pair
+    return ort.InferenceSession(
+        str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"]
+    )
 
 
 def pad_numpy(

@@ -123,6 +123,10 @@ class CrossEncoderRanker(PointwiseRanker):
             from ..backends.onnx import onnx_forward_for
 
             self._onnx = onnx_forward_for(self, "seqcls", backend, quantize, dtype, onnx_threads)
+            if max_tokens_per_batch is None:
+                from ..backends.onnx import DEFAULT_TOKEN_BUDGET
+
+                self.max_tokens_per_batch = DEFAULT_TOKEN_BUDGET
 
     def _label_index(self, label: int | str | None) -> int:
         if self.num_labels == 1:

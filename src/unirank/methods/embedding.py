@@ -180,6 +180,10 @@ class EmbeddingRanker(PointwiseRanker):
             from ..backends.onnx import onnx_forward_for
 
             self._onnx = onnx_forward_for(self, "encoder", backend, quantize, dtype, onnx_threads)
+            if max_tokens_per_batch is None:
+                from ..backends.onnx import DEFAULT_TOKEN_BUDGET
+
+                self.max_tokens_per_batch = DEFAULT_TOKEN_BUDGET
 
     # -- encoding -----------------------------------------------------------------------------------------
     def _prompt_length(self, prompt: str) -> int:

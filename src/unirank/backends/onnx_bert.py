@@ -1,0 +1,181 @@
+"""A fused ONNX graph for BERT encoders, written directly from the weights.
+
+The graph that ``torch.onnx.export`` produces from transformers 5 does not match onnxruntime's attention
+fusion patterns, so attention runs as a dozen small ops per layer. For plain BERT checkpoints (absolute
+positions, post-LayerNorm, exact GELU: BERT, MiniLM, bge/e5/gte-style BERTs, ms-marco cross-encoders) this
+module writes the fused graph itself with onnxruntime's contrib operators:
+
+``EmbedLayerNormalization`` -> per layer ``Attention`` (packed QKV) -> ``MatMul`` + ``LayerNormalization``
+-> ``MatMul`` + ``Gelu`` -> ``MatMul`` + ``LayerNormalization`` -> pooler / classifier (opset 20).
+
+This is the graph onnxruntime's BERT optimiser aims for, so dynamic int8 quantisation turns ``Attention``
+into ``QAttention`` and each weight ``MatMul`` into an int8 kernel. :func:`supports` says whether a model
+fits; anything else goes through the generic export in :mod:`unirank.backends.onnx`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import require
+
+__all__ = ["build_bert_graph", "supports"]
+
+_MS = "com.microsoft"
+
+
+def supports(model: Any) -> bool:
+    """Whether ``model`` (a loaded transformers model) is a plain BERT this module can write."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) != "bert":
+        return False
+    if getattr(cfg, "hidden_act", None) != "gelu":
+        return False
+    if getattr(cfg, "position_embedding_type", "absolute") not in (None, "absolute"):
+        return False
+    if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
+        return False
+    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    if not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
+        return False
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        head = getattr(model, "classifier", None)
+        return getattr(base, "pooler", None) is not None and type(head).__name__ == "Linear"
+    return True
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().to("cpu").float().numpy()
+
+
+class _Graph:
+    def __init__(self) -> None:
+        self.onnx = require("onnx", "onnx")
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.count = 0
+
+    def weight(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+        return name
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, n_out: int = 1, **attrs: Any) -> list[str]:
+        outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        domain = _MS if op in {"EmbedLayerNormalization", "Attention"} else ""
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs
+
+    def add_norm(self, x: str, bias: Any, residual: str, norm: Any, name: str, eps: float) -> str:
+        """``LayerNorm(x + bias + residual)`` as Add, Add, LayerNormalization. (onnxruntime would fuse
+        this into ``SkipLayerNormalization``, whose CPU kernel measured 3x slower: sessions disable that.)"""
+        h = self.node("Add", [x, self.weight(f"{name}.bias", _np(bias))], f"{name}/bias")[0]
+        h = self.node("Add", [h, residual], f"{name}/residual")[0]
+        gamma = self.weight(f"{name}.ln.weight", _np(norm.weight))
+        beta = self.weight(f"{name}.ln.bias", _np(norm.bias))
+        return self.node("LayerNormalization", [h, gamma, beta], f"{name}/ln", axis=-1, epsilon=eps)[0]
+
+    def linear(self, x: str, lin: Any, name: str) -> str:
+        """``x @ W^T + b`` as MatMul + Add (quantisable MatMul by a weight)."""
+        w = self.weight(f"{name}.weight_t", _np(lin.weight).T)
+        out = self.node("MatMul", [x, w], f"{name}/MatMul")[0]
+        if lin.bias is not None:
+            out = self.node("Add", [out, self.weight(f"{name}.bias", _np(lin.bias))], f"{name}/Add")[0]
+        return out
+
+
+def build_bert_graph(model: Any, kind: str, input_names: list[str], out: Path, opset: int = 20) -> None:
+    """Write the fused graph of ``model`` (``kind``: ``"seqcls"`` -> ``logits``; ``"encoder"`` ->
+    ``last_hidden_state``) to ``out`` (``opset`` >= 20, for the ``Gelu`` operator). Inputs are int64
+    ``input_ids`` / ``attention_mask`` / ``token_type_ids`` (those in ``input_names``), right-padded,
+    shape ``(batch, sequence)``."""
+    if not supports(model):
+        raise ValueError("build_bert_graph needs a plain BERT model (see supports())")
+    if opset < 20:
+        raise ValueError(f"opset={opset}: the fused BERT graph needs opset >= 20 (Gelu)")
+    onnx = require("onnx", "onnx")
+    helper, tp = onnx.helper, onnx.TensorProto
+    cfg = model.config
+    base = getattr(model, model.base_model_prefix, model)
+    emb = base.embeddings
+    eps = float(cfg.layer_norm_eps)
+    heads = int(cfg.num_attention_heads)
+    g = _Graph()
+
+    ids32 = g.node("Cast", ["input_ids"], "cast_ids", to=tp.INT32)[0]
+    if "token_type_ids" in input_names:
+        seg32 = g.node("Cast", ["token_type_ids"], "cast_seg", to=tp.INT32)[0]
+    else:  # no segment input: every token is segment 0
+        seg32 = g.node("Mul", [ids32, g.const("zero_i32", np.array(0, np.int32))], "zero_seg")[0]
+    mask32 = g.node("Cast", ["attention_mask"], "cast_mask", to=tp.INT32)[0]
+    seg_table = _np(emb.token_type_embeddings.weight)
+    x = g.node(
+        "EmbedLayerNormalization",
+        [
+            ids32,
+            seg32,
+            g.weight("word_embeddings", _np(emb.word_embeddings.weight)),
+            g.weight("position_embeddings", _np(emb.position_embeddings.weight)),
+            g.weight("token_type_embeddings", seg_table),
+            g.weight("embeddings.ln.weight", _np(emb.LayerNorm.weight)),
+            g.weight("embeddings.ln.bias", _np(emb.LayerNorm.bias)),
+        ],
+        "embeddings",
+        n_out=2,
+        epsilon=eps,
+    )[0]
+    for i, layer in enumerate(base.encoder.layer):
+        p = f"layer.{i}"
+        sa = layer.attention.self
+        qkv_w = np.concatenate([_np(sa.query.weight).T, _np(sa.key.weight).T, _np(sa.value.weight).T], axis=1)
+        qkv_b = np.concatenate([_np(sa.query.bias), _np(sa.key.bias), _np(sa.value.bias)])
+        ctx = g.node(
+            "Attention",
+            [x, g.weight(f"{p}.qkv.weight", qkv_w), g.weight(f"{p}.qkv.bias", qkv_b), mask32],
+            f"{p}/attention",
+            num_heads=heads,
+        )[0]
+        ao = layer.attention.output
+        mm = g.node(
+            "MatMul", [ctx, g.weight(f"{p}.attn_out.weight_t", _np(ao.dense.weight).T)], f"{p}/attn_out"
+        )[0]
+        x = g.add_norm(mm, ao.dense.bias, x, ao.LayerNorm, f"{p}/attn", eps)
+        inter = layer.intermediate.dense
+        h = g.node("MatMul", [x, g.weight(f"{p}.ffn_in.weight_t", _np(inter.weight).T)], f"{p}/ffn_in")[0]
+        h = g.node("Add", [h, g.weight(f"{p}.ffn_in.bias", _np(inter.bias))], f"{p}/ffn_in_bias")[0]
+        h = g.node("Gelu", [h], f"{p}/gelu")[0]
+        fo = layer.output
+        h = g.node("MatMul", [h, g.weight(f"{p}.ffn_out.weight_t", _np(fo.dense.weight).T)], f"{p}/ffn_out")[
+            0
+        ]
+        x = g.add_norm(h, fo.dense.bias, x, fo.LayerNorm, f"{p}/ffn", eps)
+
+    if kind == "seqcls":
+        cls = g.node("Gather", [x, g.const("zero_i64", np.array(0, np.int64))], "cls", axis=1)[0]
+        pooled = g.node("Tanh", [g.linear(cls, base.pooler.dense, "pooler")], "pooler/tanh")[0]
+        result = g.linear(pooled, model.classifier, "classifier")
+        output = helper.make_tensor_value_info(
+            "logits", tp.FLOAT, ["batch", int(model.classifier.out_features)]
+        )
+    elif kind == "encoder":
+        result = x
+        output = helper.make_tensor_value_info(
+            "last_hidden_state", tp.FLOAT, ["batch", "sequence", cfg.hidden_size]
+        )
+    else:
+        raise ValueError(f"kind={kind!r}")
+    g.nodes.append(helper.make_node("Identity", [result], [output.name], name="output"))
+    inputs = [helper.make_tensor_value_info(n, tp.INT64, ["batch", "sequence"]) for n in input_names]
+    graph = helper.make_graph(g.nodes, "unirank_bert", inputs, [output], initializer=g.inits)
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(_MS, 1)],
+        producer_name="unirank",
+    )
+    onnx.save(proto, str(out))
