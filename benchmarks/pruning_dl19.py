@@ -85,30 +85,34 @@ def all_depth_scores(ce, queries, docs_lists) -> list[np.ndarray]:
     return out
 
 
-def pruning_table(full: list[np.ndarray], cheap: list[np.ndarray], cost: float, k: int = 10) -> None:
+def pruning_table(
+    full: list[np.ndarray], cheap: list[np.ndarray], cost: float, k: int = 10, margins=(0.0,)
+) -> None:
     from unirank.strategies.pruning import _survivors
 
-    print("| keep | compute vs full | same top-10 set | same top-10 order | mean recall@10 |")
-    print("|---|---|---|---|---|")
-    for keep in (10, 15, 20, 25, 30, 40, 50):
-        same = same_order = 0
-        rec, spent, total = [], 0.0, 0
-        for f, c in zip(full, cheap):
-            truth = np.argsort(-f, kind="stable")[:k]
-            alive = _survivors(c, keep, 0.0)
-            spent += len(f) * cost + len(alive)
-            total += len(f)
-            sub = np.full(len(f), -np.inf)
-            sub[alive] = f[alive]
-            got = np.argsort(-sub, kind="stable")[:k]
-            same += set(got.tolist()) == set(truth.tolist())
-            same_order += list(got) == list(truth)
-            rec.append(len(set(truth.tolist()) & set(got.tolist())) / k)
-        print(
-            f"| {keep} | {total / spent:.2f}x less | {same}/{len(full)} ({same / len(full):.0%}) "
-            f"| {same_order}/{len(full)} | {np.mean(rec):.3f} |",
-            flush=True,
-        )
+    print("| keep | margin | survivors | compute vs full | same top-10 set | same top-10 order | recall@10 |")
+    print("|---|---|---|---|---|---|---|")
+    for keep in (10, 12, 15, 20, 25, 30, 40, 50):
+        for margin in margins:
+            same = same_order = 0
+            rec, spent, total, alive_n = [], 0.0, 0, []
+            for f, c in zip(full, cheap):
+                truth = np.argsort(-f, kind="stable")[:k]
+                alive = _survivors(c, keep, margin)
+                alive_n.append(len(alive))
+                spent += len(f) * cost + len(alive)
+                total += len(f)
+                sub = np.full(len(f), -np.inf)
+                sub[alive] = f[alive]
+                got = np.argsort(-sub, kind="stable")[:k]
+                same += set(got.tolist()) == set(truth.tolist())
+                same_order += list(got) == list(truth)
+                rec.append(len(set(truth.tolist()) & set(got.tolist())) / k)
+            print(
+                f"| {keep} | {margin:g} | {np.mean(alive_n):.1f} | {total / spent:.2f}x | {same}/{len(full)} "
+                f"({same / len(full):.0%}) | {same_order}/{len(full)} | {np.mean(rec):.3f} |",
+                flush=True,
+            )
 
 
 def int8_cheap_stage(args) -> int:
@@ -116,8 +120,7 @@ def int8_cheap_stage(args) -> int:
 
     from unirank import Reranker
 
-    tmp = Path(tempfile.mkdtemp())
-    path = build_minilm_ce(tmp / "ce")
+    path = Path(args.model) if args.model else build_minilm_ce(Path(tempfile.mkdtemp()) / "ce")
     fp = Reranker(f"ce:{path}", device="cpu", backend="onnx", onnx_threads=2)
     q8 = Reranker(f"ce:{path}", device="cpu", backend="onnx", quantize="int8", onnx_threads=2)
     qids, queries, docs_lists = dl19(args.queries)
@@ -135,7 +138,7 @@ def int8_cheap_stage(args) -> int:
         f"{len(qids)} queries x 100: onnx fp32 {t_fp:.1f}s, onnx int8 {t_q8:.1f}s -> cheap cost {cost:.2f}; "
         f"int8 vs fp32 Kendall tau min {min(taus):.3f} median {np.median(taus):.3f}"
     )
-    pruning_table(full, cheap, cost)
+    pruning_table(full, cheap, cost, margins=args.margins)
     return 0
 
 
@@ -247,7 +250,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timed", type=int, default=5, help="queries for the real TopKPruner timing")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cheap", choices=["early-exit", "int8", "exit-head"], default="early-exit")
-    ap.add_argument("--model", default=None, help="cross-encoder folder (exit-head mode)")
+    ap.add_argument("--model", default=None, help="cross-encoder folder (default: MiniLM-L6 + random head)")
+    ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="int8 mode: score margins to try")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = ap.parse_args(argv)
     if args.cheap == "int8":

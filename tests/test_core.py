@@ -144,6 +144,26 @@ def test_one_bad_item_never_fails_the_batch():
     assert run_batches(oom, [list(range(8))], 8).tolist() == [1.0] * 8
 
 
+def test_concurrent_batches_give_the_sequential_result_and_isolate_failures():
+    import threading
+
+    threads = set()
+
+    def fn(idx):
+        threads.add(threading.get_ident())
+        if 7 in idx:
+            raise ValueError("poisoned document")
+        return np.array([[float(i), 2.0 * i] for i in idx])
+
+    batches = [[0, 1], [2, 3, 4], [5, 6, 7], [8], [9, 10]]
+    done = []
+    got = run_batches(fn, batches, 11, done.append, workers=3)
+    want = run_batches(fn, batches, 11)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[7]).all() and got[6].tolist() == [6.0, 12.0] and sum(done) == 11
+    assert len(threads) > 1  # really ran in worker threads
+
+
 def test_rank_many_batches_across_queries_and_handles_empty_lists():
     seen = []
 

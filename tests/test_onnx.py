@@ -29,13 +29,16 @@ def _kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     return float(kendalltau(a, b)[0])
 
 
-@pytest.mark.parametrize("num_labels", [1, 2])
-def test_tiny_cross_encoder_onnx_fp32_matches_torch(make_tiny_bert, num_labels):
+@pytest.mark.parametrize(("num_labels", "threads"), [(1, 1), (2, 2), (3, 2)])
+def test_tiny_cross_encoder_onnx_fp32_matches_torch(make_tiny_bert, num_labels, threads):
     from unirank import Reranker
 
     path = make_tiny_bert("seqcls", num_labels=num_labels, seed=3)
-    ref = Reranker(f"ce:{path}", device="cpu")
-    ox = Reranker(f"ce:{path}", device="cpu", backend="onnx", onnx_threads=1)
+    label = {"label": 1} if num_labels == 3 else {}
+    ref = Reranker(f"ce:{path}", device="cpu", **label)
+    ox = Reranker(
+        f"ce:{path}", device="cpu", backend="onnx", onnx_threads=threads, max_tokens_per_batch=64, **label
+    )
     for q in QUERIES:
         a, b = np.array(ref.score(q, DOCS)), np.array(ox.score(q, DOCS))
         np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)

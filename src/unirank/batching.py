@@ -57,13 +57,20 @@ def run_batches(
     batches: Sequence[list[int]],
     n_items: int,
     progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Call ``fn(batch_indices) -> scores`` for every batch and scatter the scores into one array.
 
     ``fn`` returns one row per item (a score, or a vector); the result has shape ``(n_items, ...)``.
     Failures are isolated as described in the module docstring; an item that fails alone scores ``NaN``
     and a warning is logged. ``progress(n)`` is called with the number of items finished.
+
+    With ``workers > 1`` the batches run concurrently in that many threads (for engines that release the
+    GIL, such as onnxruntime sessions with one intra-op thread each); batches that fail are then retried
+    sequentially with the same isolation rules.
     """
+    if workers > 1 and len(batches) > 1:
+        return _run_concurrently(fn, batches, n_items, progress, workers)
     out: np.ndarray | None = None
     failed: list[int] = []
     pending = [list(b) for b in batches]
@@ -103,6 +110,41 @@ def run_batches(
         if n_items > 1 and len(failed) == n_items:
             raise RuntimeError(f"all {n_items} items failed to score; see the warnings above")
         return np.full(n_items, np.nan, dtype=np.float64)
+    return out
+
+
+def _run_concurrently(
+    fn: Callable[[list[int]], np.ndarray],
+    batches: Sequence[list[int]],
+    n_items: int,
+    progress: Callable[[int], None] | None,
+    workers: int,
+) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(batch: list[int]) -> np.ndarray | None:
+        try:
+            scores = np.asarray(fn(batch), dtype=np.float64)
+        except Exception:
+            return None
+        return scores if scores.ndim and scores.shape[0] == len(batch) else None
+
+    done: list[tuple[list[int], np.ndarray]] = []
+    retry: list[list[int]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unirank-batch") as pool:
+        for batch, scores in zip(batches, pool.map(attempt, [list(b) for b in batches])):
+            if scores is None:
+                retry.append(list(batch))
+                continue
+            done.append((list(batch), scores))
+            if progress is not None:
+                progress(len(batch))
+    out = run_batches(fn, retry, n_items, progress) if retry else None  # sequential, isolating failures
+    for batch, scores in done:
+        if out is None:
+            out = np.full((n_items, *scores.shape[1:]), np.nan, dtype=np.float64)
+        out[batch] = scores
+    assert out is not None
     return out
 
 

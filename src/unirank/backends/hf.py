@@ -295,10 +295,13 @@ def run_model(
     batch_size: int,
     show_progress: bool = False,
     desc: str = "scoring",
+    workers: int = 1,
 ) -> Any:
     """Run ``forward(batch_features) -> np.ndarray`` over length-sorted, token-budget batches.
 
     Returns one row per feature, in input order; failures are isolated (see :mod:`unirank.batching`).
+    ``workers > 1`` runs that many batches at once (thread-safe, GIL-releasing forwards only, e.g. an
+    onnxruntime session); batches are split further while there are fewer batches than workers.
     """
     from tqdm.auto import tqdm
 
@@ -307,11 +310,15 @@ def run_model(
     torch, _ = torch_modules()
     lengths = [len(f["input_ids"]) for f in features]
     batches = token_budget_batches(lengths, max_tokens=max_tokens, max_batch_size=batch_size)
+    while workers > 1 and len(batches) < workers and any(len(b) > 1 for b in batches):
+        batches = [
+            part for b in batches for part in ((b[: len(b) // 2], b[len(b) // 2 :]) if len(b) > 1 else (b,))
+        ]
     bar = tqdm(total=len(features), desc=desc, unit="item", disable=not show_progress, leave=False)
     try:
         with torch.inference_mode():
             return run_batches(
-                lambda idx: forward([features[i] for i in idx]), batches, len(features), bar.update
+                lambda idx: forward([features[i] for i in idx]), batches, len(features), bar.update, workers
             )
     finally:
         bar.close()

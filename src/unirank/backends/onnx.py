@@ -34,6 +34,7 @@ from ..errors import require
 __all__ = [
     "DEFAULT_TOKEN_BUDGET",
     "OnnxForward",
+    "available_cores",
     "cache_root",
     "make_session",
     "onnx_forward_for",
@@ -44,10 +45,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 KINDS = ("seqcls", "encoder")
-# tokens per batch (batch size * longest item) for onnxruntime on CPU: smaller batches stay in cache; on
-# MiniLM-L6 int8 with 2 threads, 1.5k-token batches ran ~20 % faster per token than 3k and ~35 % faster
-# than 6k (docs/benchmarks-speed.md)
-DEFAULT_TOKEN_BUDGET = 2048
+# tokens per batch (batch size * longest item) for onnxruntime on CPU: small batches keep the activations in
+# cache. MiniLM-L6 int8, 2 threads, DL19 pairs (99 tokens on average), one run: 512-token batches 302 pairs/s,
+# 1024 262, 2048 247, 4096 196 (docs/benchmarks-speed.md)
+DEFAULT_TOKEN_BUDGET = 512
 QUANTIZE = (None, "int8")
 _BERT_LIKE = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "camembert", "mpnet"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".txt", ".model")
@@ -297,13 +298,21 @@ class OnnxForward:
     """Run an exported model on un-padded features or on already collated arrays.
 
     ``OnnxForward(path, tokenizer)(features)`` returns the model's single output as a float32 array
-    (``logits`` for a cross-encoder, ``last_hidden_state`` for an encoder).
+    (``logits`` for a cross-encoder, ``last_hidden_state`` for an encoder). ``workers`` is how many batches
+    callers may run at once on this (thread-safe) session (see :func:`unirank.backends.hf.run_model`).
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], tokenizer: Any = None, threads: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        tokenizer: Any = None,
+        threads: int | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         self.path = Path(path)
+        self.workers = workers
         self.session = make_session(self.path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
@@ -342,4 +351,19 @@ def onnx_forward_for(
         raise ValueError(f"backend='onnx' exports the fp32 weights; dtype={dtype!r} is not supported")
     folder = getattr(ranker, "layout", {}).get("transformer", ranker.path)  # a ST model's Transformer folder
     path = onnx_model_file(folder, kind, model=ranker.model, tokenizer=ranker.tokenizer, quantize=quantize)
-    return OnnxForward(path, ranker.tokenizer, threads)
+    if threads is not None and threads < 1:
+        raise ValueError("onnx_threads must be >= 1")
+    if kind == "encoder":  # pooling runs in torch after the session: one batch at a time
+        return OnnxForward(path, ranker.tokenizer, threads=threads)
+    # a cross-encoder's forward is numpy-only: ``threads`` cores in all, as that many concurrent
+    # single-threaded runs of small batches, measured ~5 % faster than one run with ``threads`` intra-op
+    # threads on MiniLM-L6 (docs/benchmarks-speed.md)
+    return OnnxForward(path, ranker.tokenizer, threads=1, workers=threads or available_cores())
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -45,7 +45,7 @@ class CrossEncoderRanker(PointwiseRanker):
         trust_remote_code, allow_pickle: opt-ins for custom model code and pickled weights.
         backend: ``"torch"`` (default) or ``"onnx"`` (onnxruntime on CPU; the model is exported once and
             cached, see :mod:`unirank.backends.onnx`); ``quantize="int8"`` runs it with dynamic int8
-            weights; ``onnx_threads`` sets onnxruntime's intra-op threads.
+            weights; ``onnx_threads`` = CPU cores to use (default: all), as that many concurrent batches.
         cache: a :class:`~unirank.cache.ScoreCache` (or ``True`` for an in-memory LRU) of pair scores.
 
     Example (a tiny model built on the spot, loaded through the public path):
@@ -162,9 +162,8 @@ class CrossEncoderRanker(PointwiseRanker):
         return (logp[:, li] - rest.logsumexp(-1)).cpu().numpy()
 
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:
-        if self._onnx is not None:
-            torch, _ = hf.torch_modules()
-            return self._logits_to_scores(torch.from_numpy(self._onnx(batch)))
+        if self._onnx is not None:  # numpy only: this may run in several threads at once
+            return _scores_from_logits(self._onnx(batch), self.num_labels, self.label_index)
         inputs = hf.collate(batch, self.tokenizer, self.device)
         return self._logits_to_scores(self.model(**inputs).logits)
 
@@ -184,4 +183,20 @@ class CrossEncoderRanker(PointwiseRanker):
             batch_size=self.batch_size,
             show_progress=show_progress,
             desc=self.name,
+            workers=self._onnx.workers if self._onnx is not None else 1,
         )
+
+
+def _scores_from_logits(logits: np.ndarray, num_labels: int, label_index: int) -> np.ndarray:
+    """NumPy twin of :meth:`CrossEncoderRanker._logits_to_scores` (1 label: the logit; 2: log-odds; more:
+    log(p / (1 - p)) of ``label_index``)."""
+    x = np.asarray(logits, dtype=np.float64)
+    if num_labels == 1:
+        return x[:, 0]
+    if num_labels == 2:
+        return x[:, label_index] - x[:, 1 - label_index]
+    m = x.max(-1, keepdims=True)
+    logp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    rest = np.delete(logp, label_index, axis=1)
+    rm = rest.max(-1, keepdims=True)
+    return logp[:, label_index] - (rm[:, 0] + np.log(np.exp(rest - rm).sum(-1)))

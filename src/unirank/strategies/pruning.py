@@ -192,6 +192,16 @@ def fit_exit_heads(
     the full score on that layer's CLS + mean-pooled state. Fit on queries other than those you evaluate
     on. A fitted head turns :func:`early_exit` into a cheap stage that *predicts* the full model, where the
     model's own head (trained on the last layer) carries little signal at early layers.
+
+    >>> import tempfile
+    >>> from unirank import Reranker
+    >>> from unirank.bench import build_minilm_cross_encoder
+    >>> ce = Reranker(f"ce:{build_minilm_cross_encoder(tempfile.mkdtemp())}", device="cpu")
+    >>> docs = [["rain falls from clouds", "sunny day", "snow"], ["cats purr", "dogs bark", "fish swim"]]
+    >>> heads = fit_exit_heads(ce, [2], ["what causes rain", "why do cats purr"], docs)
+    >>> pruner = TopKPruner(ce, [(early_exit(ce, 2, heads[2]), 2)], k=1)
+    >>> len(pruner.rank("rain", ["sun", "rain falls", "snow"])), pruner.stats["full_pairs"]
+    (3, 2)
     """
     from ..backends import hf
 
