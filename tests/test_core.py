@@ -240,3 +240,13 @@ def test_readme_quick_start_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("1 0 ") and printed[1].startswith("2 w1 ")
+
+
+def test_concurrent_batches_keep_vector_rows_when_a_retried_item_fails():
+    def fn(idx):
+        if 0 in idx:
+            raise ValueError("poisoned document")
+        return np.array([[float(i)] * 3 for i in idx])
+
+    out = run_batches(fn, [[0], [1, 2]], 3, workers=2)
+    assert out.shape == (3, 3) and np.isnan(out[0]).all() and out[2].tolist() == [2.0] * 3

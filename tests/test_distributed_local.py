@@ -3,6 +3,7 @@ an uninterrupted run and re-scores no committed shard (counted from the checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,13 +70,19 @@ def test_killed_job_resumes_byte_identical(how, tiny_ce, reference, tmp_path):
             if shards.is_dir() and len(list(shards.glob("*.trec"))) >= 3:
                 break
             time.sleep(0.01)
+        # freeze the whole group first: on a fast machine the remaining shards can otherwise finish
+        # between this check and the signal's delivery
+        os.killpg(proc.pid, signal.SIGSTOP)
         assert proc.poll() is None, f"job ended before it could be killed: {proc.communicate()}"
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+            os.killpg(proc.pid, signal.SIGCONT)  # the pending SIGINT is handled as the group resumes
             assert proc.wait(timeout=30) == 130
         else:
             proc.kill()  # the parent only: its worker must notice and exit by itself
             proc.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):  # let the stopped, orphaned worker run and notice
+                os.killpg(proc.pid, signal.SIGCONT)
         job = _job(tiny_ce)
         cp = Checkpoint(ckpt, job, resume=True)
         workers = {e["pid"] for e in cp.events() if e["event"] == "commit"}

@@ -153,3 +153,27 @@ def test_real_minilm_onnx_fp32_and_int8(minilm_cross_encoder, minilm_path):
     np.testing.assert_allclose(e_fp, e_ref, atol=1e-4, rtol=0)
     e_q8 = Reranker(f"embed:{minilm_path}", device="cpu", backend="onnx", quantize="int8").score(query, docs)
     assert _kendall_tau(e_ref, np.array(e_q8)) > 0.9
+
+
+def test_numpy_logit_conversion_matches_torch_and_handles_impossible_classes(make_tiny_bert):
+    import torch
+
+    from unirank import Reranker
+    from unirank.methods.cross_encoder import _scores_from_logits
+
+    ce = Reranker(f"ce:{make_tiny_bert('seqcls', num_labels=3, seed=4)}", device="cpu", label=2)
+    logits = np.random.default_rng(0).normal(0, 5, (16, 3))
+    np.testing.assert_allclose(
+        _scores_from_logits(logits, 3, 2), ce._logits_to_scores(torch.from_numpy(logits)), atol=1e-5
+    )
+    assert _scores_from_logits(np.array([[0.0, -np.inf, -np.inf]]), 3, 0)[0] == np.inf
+
+
+def test_fused_graph_only_for_what_it_can_write(make_tiny_bert):
+    import transformers
+
+    from unirank.backends.onnx_bert import supports
+
+    encoder = transformers.BertModel.from_pretrained(make_tiny_bert("encoder", seed=5))
+    assert supports(encoder, "encoder") and not supports(encoder, "seqcls")
+    assert not supports(encoder, "encoder", ["input_ids", "token_type_ids"])  # no attention mask input

@@ -145,5 +145,9 @@ def test_fitted_exit_head_is_the_ridge_fit_and_scores_linearly(make_tiny_bert, n
     np.testing.assert_allclose(np.concatenate([ce.score(q, d) for q, d in zip(queries, docs)]), full)
     with pytest.raises(ValueError, match="layer 1"):
         early_exit(ce, 2, head=head)
+    other = type(head)(1, np.zeros(6, np.float32), 0.0, 1.0, 0.0, 2)  # fitted on another model
+    with pytest.raises(ValueError, match="another model"):
+        early_exit(ce, 1, head=other)
+    assert head == head and head != other  # compared by identity (it holds an array)
     with pytest.raises(ValueError):
         fit_exit_head(ce, 3, queries, docs)

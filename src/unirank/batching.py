@@ -125,13 +125,16 @@ def _run_concurrently(
     def attempt(batch: list[int]) -> np.ndarray | None:
         try:
             scores = np.asarray(fn(batch), dtype=np.float64)
-        except Exception:
+        except Exception as exc:
+            name = type(exc).__name__
+            logger.debug("a concurrent batch of %d failed (%s: %s); retrying it alone", len(batch), name, exc)
             return None
         return scores if scores.ndim and scores.shape[0] == len(batch) else None
 
     done: list[tuple[list[int], np.ndarray]] = []
     retry: list[list[int]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unirank-batch") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unirank-batch")
+    try:
         for batch, scores in zip(batches, pool.map(attempt, [list(b) for b in batches])):
             if scores is None:
                 retry.append(list(batch))
@@ -139,12 +142,20 @@ def _run_concurrently(
             done.append((list(batch), scores))
             if progress is not None:
                 progress(len(batch))
-    out = run_batches(fn, retry, n_items, progress) if retry else None  # sequential, isolating failures
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if not done:  # nothing succeeded concurrently: the sequential path decides (and raises if all fail)
+        return run_batches(fn, retry, n_items, progress)
+    out = np.full((n_items, *done[0][1].shape[1:]), np.nan, dtype=np.float64)
     for batch, scores in done:
-        if out is None:
-            out = np.full((n_items, *scores.shape[1:]), np.nan, dtype=np.float64)
         out[batch] = scores
-    assert out is not None
+    if retry:  # sequential, isolating failures; rows that fail stay NaN
+        again = run_batches(fn, retry, n_items, progress)
+        rows = [i for b in retry for i in b]
+        if again.ndim == out.ndim:
+            out[rows] = again[rows]
     return out
 
 

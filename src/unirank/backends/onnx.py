@@ -68,16 +68,19 @@ def _file_digest(path: Path) -> str:
 
 
 def _cache_key(model_dir: Path, options: Mapping[str, Any]) -> str:
+    import onnx
     import onnxruntime
     import torch
     import transformers
 
     files = sorted(p for p in model_dir.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    here = Path(__file__).parent
     payload = {
         "model": str(model_dir.resolve()),
         "files": {p.name: _file_digest(p) for p in files},
         "options": dict(options),
-        "versions": [torch.__version__, transformers.__version__, onnxruntime.__version__],
+        "versions": [torch.__version__, transformers.__version__, onnxruntime.__version__, onnx.__version__],
+        "writers": [_file_digest(here / "onnx.py"), _file_digest(here / "onnx_bert.py")],  # our export code
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -229,7 +232,7 @@ def onnx_model_file(
     try:
         logger.info("exporting %s to ONNX (%s)", src, options)
         current = tmp / "raw.onnx"
-        if optimize and onnx_bert.supports(model):  # write the fused graph directly
+        if optimize and onnx_bert.supports(model, kind, _input_names(tokenizer)):  # the fused graph
             onnx_bert.build_bert_graph(model, kind, _input_names(tokenizer), current, max(opset, 20))
         else:
             _export(model, kind, _input_names(tokenizer), current, opset)
@@ -343,6 +346,8 @@ def onnx_forward_for(
     uses for ``backend="onnx"``; validates the backend options."""
     if backend != "onnx":
         raise ValueError(f"backend={backend!r}; expected 'torch' or 'onnx' (quantize= needs backend='onnx')")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"onnx_threads must be an integer >= 1, got {threads!r}")
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize={quantize!r}; expected one of {QUANTIZE}")
     if ranker.device != "cpu":
@@ -351,8 +356,6 @@ def onnx_forward_for(
         raise ValueError(f"backend='onnx' exports the fp32 weights; dtype={dtype!r} is not supported")
     folder = getattr(ranker, "layout", {}).get("transformer", ranker.path)  # a ST model's Transformer folder
     path = onnx_model_file(folder, kind, model=ranker.model, tokenizer=ranker.tokenizer, quantize=quantize)
-    if threads is not None and threads < 1:
-        raise ValueError("onnx_threads must be >= 1")
     if kind == "encoder":  # pooling runs in torch after the session: one batch at a time
         return OnnxForward(path, ranker.tokenizer, threads=threads)
     # a cross-encoder's forward is numpy-only: ``threads`` cores in all, as that many concurrent

@@ -27,8 +27,12 @@ __all__ = ["build_bert_graph", "supports"]
 _MS = "com.microsoft"
 
 
-def supports(model: Any) -> bool:
-    """Whether ``model`` (a loaded transformers model) is a plain BERT this module can write."""
+def supports(model: Any, kind: str = "encoder", input_names: list[str] | None = None) -> bool:
+    """Whether ``model`` (a loaded transformers model) is a plain BERT this module can write as ``kind``
+    (``"seqcls"`` needs a ``*ForSequenceClassification`` head) from the tokenizer's ``input_names``
+    (``attention_mask`` is required)."""
+    if input_names is not None and "attention_mask" not in input_names:
+        return False
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) != "bert":
         return False
@@ -41,9 +45,13 @@ def supports(model: Any) -> bool:
     base = getattr(model, getattr(model, "base_model_prefix", ""), model)
     if not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
         return False
-    if type(model).__name__.endswith("ForSequenceClassification"):
+    if kind == "seqcls" or type(model).__name__.endswith("ForSequenceClassification"):
         head = getattr(model, "classifier", None)
-        return getattr(base, "pooler", None) is not None and type(head).__name__ == "Linear"
+        return (
+            type(model).__name__.endswith("ForSequenceClassification")
+            and getattr(base, "pooler", None) is not None
+            and type(head).__name__ == "Linear"
+        )
     return True
 
 
@@ -95,7 +103,7 @@ def build_bert_graph(model: Any, kind: str, input_names: list[str], out: Path, o
     ``last_hidden_state``) to ``out`` (``opset`` >= 20, for the ``Gelu`` operator). Inputs are int64
     ``input_ids`` / ``attention_mask`` / ``token_type_ids`` (those in ``input_names``), right-padded,
     shape ``(batch, sequence)``."""
-    if not supports(model):
+    if not supports(model, kind, input_names):
         raise ValueError("build_bert_graph needs a plain BERT model (see supports())")
     if opset < 20:
         raise ValueError(f"opset={opset}: the fused BERT graph needs opset >= 20 (Gelu)")

@@ -199,4 +199,6 @@ def _scores_from_logits(logits: np.ndarray, num_labels: int, label_index: int) -
     logp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
     rest = np.delete(logp, label_index, axis=1)
     rm = rest.max(-1, keepdims=True)
-    return logp[:, label_index] - (rm[:, 0] + np.log(np.exp(rest - rm).sum(-1)))
+    rm = np.where(np.isfinite(rm), rm, 0.0)  # every other class impossible: log(1 - p) = -inf, score +inf
+    with np.errstate(divide="ignore"):
+        return logp[:, label_index] - (rm[:, 0] + np.log(np.exp(rest - rm).sum(-1)))

@@ -143,7 +143,7 @@ def _survivors(scores: np.ndarray, keep: int, margin: float) -> np.ndarray:
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ExitHead:
     """A linear read-out of the layer-``num_layers`` hidden states, fitted to predict the full model's score.
 
@@ -173,9 +173,10 @@ def _encoder_layers(model: Any) -> tuple[str, Any, Any, Any]:
 
 def _exit_features(hidden: Any, mask: Any) -> Any:
     """CLS state and masked mean of ``hidden`` (batch, tokens, dim) -> (batch, 2 * dim), float32."""
+    hidden = hidden.float()  # fp16 / bf16 sums over many tokens overflow or round
     m = mask.unsqueeze(-1).to(hidden.dtype)
     mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    return __import__("torch").cat([hidden[:, 0], mean], -1).float()
+    return __import__("torch").cat([hidden[:, 0], mean], -1)
 
 
 def fit_exit_heads(
@@ -189,9 +190,11 @@ def fit_exit_heads(
 
     One forward per (query, document) pair with ``output_hidden_states`` gives every early state and the
     full score; each head is the ridge-regression fit (penalty ``l2`` times the mean feature variance) of
-    the full score on that layer's CLS + mean-pooled state. Fit on queries other than those you evaluate
-    on. A fitted head turns :func:`early_exit` into a cheap stage that *predicts* the full model, where the
-    model's own head (trained on the last layer) carries little signal at early layers.
+    the full score on that layer's CLS + mean-pooled state (pairs that fail to score are left out). Fit on
+    queries other than those you evaluate on. The target is the torch model's score, also for a ranker that
+    runs ONNX / int8 as its full stage. A fitted head turns :func:`early_exit` into a cheap stage that
+    *predicts* the full model, where the model's own head (trained on the last layer) carries little
+    signal at early layers.
 
     >>> import tempfile
     >>> from unirank import Reranker
@@ -226,6 +229,9 @@ def fit_exit_heads(
 
     with torch.inference_mode():
         flat = hf.run_model(feats, fwd, max_tokens=ranker.max_tokens_per_batch, batch_size=ranker.batch_size)
+    flat = flat[np.isfinite(flat).all(axis=1)]  # pairs that failed to score carry no information
+    if len(flat) < 2:
+        raise ValueError("fewer than 2 (query, document) pairs could be scored; cannot fit an exit head")
     y = flat[:, -1].astype(np.float64)
     width = (flat.shape[1] - 1) // len(layers)
     heads = {}
@@ -234,7 +240,7 @@ def fit_exit_heads(
         mx, my = x.mean(0), y.mean()
         xc, yc = x - mx, y - my
         gram = xc.T @ xc
-        lam = l2 * float(np.trace(gram)) / gram.shape[0]
+        lam = max(l2 * float(np.trace(gram)) / gram.shape[0], 1e-8)
         w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc)
         resid = yc - xc @ w
         r2 = 1.0 - float(resid @ resid) / max(float(yc @ yc), 1e-30)
@@ -269,6 +275,12 @@ def early_exit(ranker: Any, num_layers: int, head: ExitHead | None = None) -> An
         raise ValueError(f"num_layers must be in 1..{total}")
     if head is not None and head.num_layers != num_layers:
         raise ValueError(f"the head was fitted on layer {head.num_layers}, not {num_layers}")
+    hidden = int(getattr(model.config, "hidden_size", 0) or 0)
+    if head is not None and hidden and head.weight.shape != (2 * hidden,):
+        raise ValueError(
+            f"the head has {head.weight.shape[0]} weights; this model needs {2 * hidden} (CLS + mean of "
+            f"{hidden}): was it fitted on another model?"
+        )
     torch = __import__("torch")
     new_encoder = copy.copy(encoder)
     new_encoder._modules = dict(encoder._modules)
