@@ -61,7 +61,14 @@ def test_killed_job_resumes_byte_identical(how, tiny_ce, reference, tmp_path):
            "--keep-checkpoint", "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # a terminal's foreground job takes Ctrl-C; pytest itself may run where SIGINT is ignored (a shell's
+        # background job), and an ignored signal would be inherited by the job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     shards = ckpt / "shards"
     try:
