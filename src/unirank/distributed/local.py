@@ -8,7 +8,6 @@ of the parent makes the workers exit within a second (they watch their parent). 
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import signal
@@ -23,7 +22,6 @@ from .runner import JobResult, Session
 
 __all__ = ["run_local"]
 
-logger = logging.getLogger(__name__)
 
 _RANKER: Any = None
 
@@ -95,12 +93,7 @@ def run_local(
         elif session.pending:
             _pool(job, session, workers, threads)
     except BaseException:
-        session.close()
-        logger.error(
-            "stopped with %d of %d shards committed; rerun with resume=True (--resume) to continue",
-            len(session.ckpt.done()),
-            len(job.shards),
-        )
+        session.abort()
         raise
     return session.finish(keep_checkpoint)
 

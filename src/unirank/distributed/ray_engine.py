@@ -16,7 +16,6 @@ shared filesystem.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -29,8 +28,6 @@ from .job import RerankJob, build_ranker, score_shard
 from .runner import JobResult, Session
 
 __all__ = ["ShardScorer", "run_ray"]
-
-logger = logging.getLogger(__name__)
 
 
 class ShardScorer:
@@ -102,12 +99,7 @@ def run_ray(
                 started = True
             _score_on_ray(ray, job, session, actors, num_cpus, num_gpus, ray_remote_args or {}, window)
     except BaseException:
-        session.close()
-        logger.error(
-            "stopped with %d of %d shards committed; rerun with resume=True (--resume) to continue",
-            len(session.ckpt.done()),
-            len(job.shards),
-        )
+        session.abort()
         raise
     finally:
         if started:

@@ -126,6 +126,15 @@ class Session:
     def close(self) -> None:
         self.bar.close()
 
+    def abort(self) -> None:
+        """Close the progress bar and say how to continue (the engines call this when a run stops early)."""
+        self.close()
+        logger.error(
+            "stopped with %d of %d shards committed; rerun with resume=True (--resume) to continue",
+            len(self.ckpt.done()),
+            len(self.job.shards),
+        )
+
 
 def run_job(
     job: RerankJob,
