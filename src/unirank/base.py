@@ -109,7 +109,7 @@ class Ranker(ABC):
         """Rank many queries' candidate lists; model batches are built across queries."""
         check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
-        scores = self._score_nonempty(qs, ds, show_progress)
+        scores = self._score_for_ranking(qs, ds, top_k, show_progress)
         return self._finish(qs, ds, scores, top_k, normalize)
 
     async def arank(
@@ -132,12 +132,27 @@ class Ranker(ABC):
         """Async :meth:`rank_many`."""
         check_rank_options(top_k, normalize)
         qs, ds = self._validate(queries, docs_lists)
-        keep = [i for i, d in enumerate(ds) if d]
-        got = await self._ascore_many([qs[i] for i in keep], [ds[i] for i in keep]) if keep else []
-        scores: list[np.ndarray] = [np.zeros(0) for _ in qs]
+        scores = await self._ascore_for_ranking(qs, ds, top_k)
+        return self._finish(qs, ds, scores, top_k, normalize)
+
+    def _score_for_ranking(
+        self, queries: list[str], docs_lists: list[list[Document]], top_k: int | None, show_progress: bool
+    ) -> list[np.ndarray]:
+        """The scores :meth:`rank_many` ranks by; a ranker whose engine can use ``top_k`` (a hosted API's
+        ``top_n``) overrides this."""
+        return self._score_nonempty(queries, docs_lists, show_progress)
+
+    async def _ascore_for_ranking(
+        self, queries: list[str], docs_lists: list[list[Document]], top_k: int | None
+    ) -> list[np.ndarray]:
+        """Async :meth:`_score_for_ranking` (empty candidate lists are never sent to the model)."""
+        keep = [i for i, d in enumerate(docs_lists) if d]
+        qs, ds = [queries[i] for i in keep], [docs_lists[i] for i in keep]
+        got = await self._ascore_many(qs, ds) if keep else []
+        scores: list[np.ndarray] = [np.zeros(0) for _ in queries]
         for i, s in zip(keep, got):
             scores[i] = np.asarray(s, dtype=np.float64)
-        return self._finish(qs, ds, scores, top_k, normalize)
+        return scores
 
     def calibrate(
         self,

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..backends.http import RETRY_STATUS, backoff_delay
-from ..base import Capabilities, Ranker, check_rank_options
+from ..base import Capabilities, Ranker
 from ..errors import SpecError, UniRankError, require
-from ..types import DocLike, Document, RankedResults, ScoreKind
+from ..types import Document, ScoreKind
 
 __all__ = [
     "STYLES",
@@ -211,31 +211,16 @@ class APIRanker(Ranker):
     ) -> list[np.ndarray]:
         return await self._ascore_lists(queries, docs_lists, self.top_n)
 
-    def rank_many(
-        self,
-        queries: Sequence[str],
-        docs_lists: Sequence[Sequence[DocLike]],
-        top_k: int | None = None,
-        normalize: str | None = None,
-        show_progress: bool = False,
-    ) -> list[RankedResults]:
-        """Rank many lists; ``top_k`` is sent to the service as its ``top_n`` / ``top_k``."""
-        check_rank_options(top_k, normalize)
-        qs, ds = self._validate(queries, docs_lists)
-        scores = _run_sync(lambda: self._ascore_lists(qs, ds, self._top(top_k)))
-        return self._finish(qs, ds, scores, top_k, normalize)
+    def _score_for_ranking(
+        self, queries: list[str], docs_lists: list[list[Document]], top_k: int | None, show_progress: bool
+    ) -> list[np.ndarray]:
+        # ``top_k`` is sent to the service as its ``top_n`` / ``top_k``
+        return _run_sync(lambda: self._ascore_lists(queries, docs_lists, self._top(top_k)))
 
-    async def arank_many(
-        self,
-        queries: Sequence[str],
-        docs_lists: Sequence[Sequence[DocLike]],
-        top_k: int | None = None,
-        normalize: str | None = None,
-    ) -> list[RankedResults]:
-        check_rank_options(top_k, normalize)
-        qs, ds = self._validate(queries, docs_lists)
-        scores = await self._ascore_lists(qs, ds, self._top(top_k))
-        return self._finish(qs, ds, scores, top_k, normalize)
+    async def _ascore_for_ranking(
+        self, queries: list[str], docs_lists: list[list[Document]], top_k: int | None
+    ) -> list[np.ndarray]:
+        return await self._ascore_lists(queries, docs_lists, self._top(top_k))
 
     def _top(self, top_k: int | None) -> int | None:
         cands = [t for t in (top_k, self.top_n) if t]
