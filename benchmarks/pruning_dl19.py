@@ -79,7 +79,7 @@ def pruning_table(
 
     print("| keep | margin | survivors | compute vs full | same top-10 set | same top-10 order | recall@10 |")
     print("|---|---|---|---|---|---|---|")
-    for keep in (10, 12, 15, 20, 25, 30, 40, 50):
+    for keep in (10, 12, 14, 16, 18, 20, 25, 30, 40, 50):
         for margin in margins:
             same = same_order = 0
             rec, spent, total, alive_n = [], 0.0, 0, []

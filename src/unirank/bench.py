@@ -224,9 +224,14 @@ def run_bench(
     return rows
 
 
-def forward_flops(model_dir: str | Path, queries: list[str], texts: list[list[str]]) -> float:
+def forward_flops(
+    model_dir: str | Path, queries: list[str], texts: list[list[str]], cls_only_last: bool = True
+) -> float:
     """Useful (un-padded) FLOPs of one encoder forward over every (query, text) pair: per layer
-    ``2 T (4 h^2 + 2 h i)`` for the projections and feed-forward plus ``4 T^2 h`` for attention."""
+    ``2 T (4 h^2 + 2 h i)`` for the projections and feed-forward plus ``4 T^2 h`` for attention. A
+    cross-encoder's score needs only the [CLS] row of the last layer (``cls_only_last``): that layer's
+    useful work is the keys and values of every token, ``4 T h^2``, plus ``2 (2 h^2 + 2 h i) + 4 T h`` for
+    the [CLS] row (what unirank's ONNX graph computes; the torch paths do the whole layer)."""
     from .backends import hf
 
     cfg = hf.read_json(Path(model_dir) / "config.json")
@@ -235,7 +240,11 @@ def forward_flops(model_dir: str | Path, queries: list[str], texts: list[list[st
     qs = [q for q, t in zip(queries, texts) for _ in t]
     ds = [x for t in texts for x in t]
     lengths = np.array([len(f["input_ids"]) for f in hf.tokenize(tok, qs, ds, 512)], dtype=np.float64)
-    return float(n * np.sum(2 * lengths * (4 * h * h + 2 * h * i) + 4 * lengths**2 * h))
+    full = 2 * lengths * (4 * h * h + 2 * h * i) + 4 * lengths**2 * h
+    if not cls_only_last:
+        return float(n * np.sum(full))
+    last = 4 * lengths * h * h + 2 * (2 * h * h + 2 * h * i) + 4 * lengths * h
+    return float((n - 1) * np.sum(full) + np.sum(last))
 
 
 def matmul_peaks(m: int = 2048, k: int = 384, n: int = 1536, repeats: int = 7, threads: int = 2) -> dict:

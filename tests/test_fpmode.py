@@ -1,0 +1,103 @@
+"""Denormal flushing: only inside the block, on the calling thread, and not leaked by onnxruntime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from unirank.backends.fpmode import flush_denormals, supported
+
+TINY = np.float32(1e-39)  # a denormal float32
+
+
+def _product() -> float:
+    return float(TINY * np.float32(1.0))
+
+
+def test_flush_is_scoped_to_the_block_and_restored_after_an_error():
+    if not supported():
+        pytest.skip("no denormal control on this platform")
+    assert _product() > 0
+    with flush_denormals():
+        assert _product() == 0.0
+    assert _product() > 0
+    with pytest.raises(RuntimeError), flush_denormals():
+        raise RuntimeError("boom")
+    assert _product() > 0
+
+
+def test_flush_is_per_thread():
+    if not supported():
+        pytest.skip("no denormal control on this platform")
+    seen = []
+    inside, done = threading.Event(), threading.Event()
+
+    def other():
+        inside.wait()
+        seen.append(_product())
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with flush_denormals():
+        inside.set()
+        done.wait(10)
+        assert _product() == 0.0
+    t.join()
+    assert seen and seen[0] > 0  # the other thread kept gradual underflow
+
+
+def test_building_the_first_onnx_session_leaves_the_callers_mode_alone(make_tiny_bert, tmp_path):
+    """onnxruntime's own switch sets flush-to-zero for good on the thread that builds the process's first
+    session; unirank's sessions use it for their pool threads but restore the caller's mode."""
+    pytest.importorskip("onnxruntime")
+    if not supported():
+        pytest.skip("no denormal control on this platform")
+    from unirank.backends.onnx import onnx_model_file
+
+    path = onnx_model_file(make_tiny_bert("seqcls", seed=3), "seqcls", cache_dir=tmp_path)
+    code = (
+        "import numpy as np, sys\n"
+        "from unirank.backends.onnx import make_session\n"
+        f"make_session({str(path)!r}, threads=2)\n"
+        "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"
+        "import onnxruntime as ort\n"
+        "so = ort.SessionOptions(); so.add_session_config_entry('session.set_denormal_as_zero', '1')\n"
+        f"ort.InferenceSession({str(path)!r}, so, providers=['CPUExecutionProvider'])\n"
+        "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    # ours keeps gradual underflow; a raw second session no longer flips it (the switch acts once per process)
+    assert out.stdout.split() == ["True", "True"]
+    raw_first = (
+        "import numpy as np, onnxruntime as ort\n"
+        "so = ort.SessionOptions(); so.add_session_config_entry('session.set_denormal_as_zero', '1')\n"
+        f"ort.InferenceSession({str(path)!r}, so, providers=['CPUExecutionProvider'])\n"
+        "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", raw_first], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["False"]  # what the guard prevents
+
+
+def test_onnx_scores_are_the_same_with_and_without_flushing(make_tiny_bert, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import contextlib
+
+    import unirank.backends.onnx as onnx_backend
+    from unirank import Reranker
+
+    path = make_tiny_bert("seqcls", seed=4)
+    r = Reranker(f"ce:{path}", device="cpu", backend="onnx", onnx_threads=2)
+    docs = ["rain falls from clouds", "cats purr", "x", "a longer passage about the water cycle " * 5]
+    flushed = np.array(r.score("what causes rain", docs))
+    monkeypatch.setattr(onnx_backend, "flush_denormals", contextlib.nullcontext)
+    plain = np.array(r.score("what causes rain", docs))
+    np.testing.assert_allclose(flushed, plain, atol=1e-6, rtol=0)
