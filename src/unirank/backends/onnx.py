@@ -203,7 +203,7 @@ def onnx_model_file(
     generic export). ``cls_fp32`` (int8, fused BERT graph only): the [CLS] row runs the per-token matmuls in
     fp32 and the other rows in int8, so [CLS]'s outlier values do not set the int8 activation scale of every
     other token (median per-query Kendall tau against fp32 on DL19 BM25 top-100: 0.917 -> 0.961 for a
-    trained MiniLM-L6, 0.862 -> 0.935 with a random head; ~2-5 % more time; docs/benchmarks-speed.md).
+    trained MiniLM-L6, 0.862 -> 0.935 with a random head; ~10 % more time; docs/benchmarks-speed.md).
     Plain BERT models are written directly as a fused graph (:mod:`unirank.backends.onnx_bert`; a
     cross-encoder's last layer is computed for the [CLS] row only); other architectures are exported with
     torch and fused by onnxruntime's optimiser where it can.
