@@ -60,31 +60,27 @@ def test_building_the_first_onnx_session_leaves_the_callers_mode_alone(make_tiny
     from unirank.backends.onnx import onnx_model_file
 
     path = onnx_model_file(make_tiny_bert("seqcls", seed=3), "seqcls", cache_dir=tmp_path)
-    code = (
-        "import numpy as np, sys\n"
-        "from unirank.backends.onnx import make_session\n"
-        f"make_session({str(path)!r}, threads=2)\n"
-        "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"
+    gradual = "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"  # True: denormals survive
+    raw_session = (
         "import onnxruntime as ort\n"
         "so = ort.SessionOptions(); so.add_session_config_entry('session.set_denormal_as_zero', '1')\n"
         f"ort.InferenceSession({str(path)!r}, so, providers=['CPUExecutionProvider'])\n"
-        "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    # ours keeps gradual underflow; a raw second session no longer flips it (the switch acts once per process)
-    assert out.stdout.split() == ["True", "True"]
-    raw_first = (
-        "import numpy as np, onnxruntime as ort\n"
-        "so = ort.SessionOptions(); so.add_session_config_entry('session.set_denormal_as_zero', '1')\n"
-        f"ort.InferenceSession({str(path)!r}, so, providers=['CPUExecutionProvider'])\n"
-        "print(float(np.float32(1e-39) * np.float32(1.0)) > 0)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", raw_first], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.split() == ["False"]  # what the guard prevents
+
+    def child(code: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", "import numpy as np\n" + code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return out.stdout.split()
+
+    ours_first = f"from unirank.backends.onnx import make_session\nmake_session({str(path)!r}, threads=2)\n"
+    # ours keeps gradual underflow; a raw session after it no longer flips it (the switch acts once)
+    assert child(ours_first + gradual + raw_session + gradual) == ["True", "True"]
+    assert child(raw_session + gradual) == ["False"]  # what the guard prevents
 
 
 def test_onnx_scores_are_the_same_with_and_without_flushing(make_tiny_bert, monkeypatch):
