@@ -203,7 +203,8 @@ def onnx_model_file(
     generic export). ``cls_fp32`` (int8, fused BERT graph only): the [CLS] row runs the per-token matmuls in
     fp32 and the other rows in int8, so [CLS]'s outlier values do not set the int8 activation scale of every
     other token (median per-query Kendall tau against fp32 on DL19 BM25 top-100: 0.917 -> 0.961 for a
-    trained MiniLM-L6, 0.862 -> 0.935 with a random head; ~10 % more time; docs/benchmarks-speed.md).
+    trained MiniLM-L6, 0.862 -> 0.935 with a random head; ~10 % more time, and a ~1.5x larger int8 file as
+    those rows keep fp32 weights; docs/benchmarks-speed.md).
     Plain BERT models are written directly as a fused graph (:mod:`unirank.backends.onnx_bert`; a
     cross-encoder's last layer is computed for the [CLS] row only); other architectures are exported with
     torch and fused by onnxruntime's optimiser where it can.
@@ -269,7 +270,11 @@ def onnx_model_file(
 
 
 def make_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (default: onnxruntime's choice)."""
+    """An onnxruntime CPU session with ``threads`` intra-op threads (default: onnxruntime's choice).
+
+    Its pool threads treat denormal floats as zero; the thread that calls ``run`` does its share of the
+    work in its own mode, so call ``run`` inside :func:`unirank.backends.fpmode.flush_denormals` (as
+    :class:`OnnxForward` does) for results that do not depend on how the work was split."""
     ort = require("onnxruntime", "onnx")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -119,6 +119,12 @@ class CrossEncoderRanker(PointwiseRanker):
         self.label_index = self._label_index(label)
         self.backend, self.quantize = backend, quantize
         self._onnx = None
+        # the head reads only the first token: the last layer runs for that row alone (verified on a probe)
+        self.cls_only_last_layer = False
+        if backend == "torch" and quantize is None:
+            from ..backends import cls_only
+
+            self.cls_only_last_layer = cls_only.enable(self.model, self.tokenizer, self.device)
         if backend != "torch" or quantize is not None:
             from ..backends.onnx import onnx_forward_for
 
