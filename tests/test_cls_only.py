@@ -111,3 +111,19 @@ def test_a_probe_that_disagrees_restores_the_stock_forward(make_tiny_bert, monke
     assert not on
     assert "forward" not in model.bert.encoder.layer[-1].__dict__
     np.testing.assert_array_equal(patched, stock)
+
+
+def test_training_mode_uses_the_stock_layer(make_tiny_bert):
+    from unirank.backends import cls_only
+
+    path = make_tiny_bert("seqcls", seed=14)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = _tokenizer(path)
+    assert cls_only.enable(model, tok)
+    batch = tok(QUERIES, DOCS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        eval_last = model(**batch, output_hidden_states=True).hidden_states[-1]
+    model.train()
+    train_last = model(**batch, output_hidden_states=True).hidden_states[-1]
+    assert eval_last.shape[1] == 1  # [CLS] row only
+    assert train_last.shape == (len(QUERIES), batch["input_ids"].shape[1], model.config.hidden_size)

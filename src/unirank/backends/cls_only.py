@@ -70,6 +70,8 @@ def _cls_only_forward(
 ) -> Any:
     import torch
 
+    if layer.training:  # training keeps the stock layer (its attention dropout included)
+        return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
     sa = layer.attention.self
     b, s, _ = hidden_states.shape
     heads, size = int(sa.num_attention_heads), int(sa.attention_head_size)
