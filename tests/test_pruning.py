@@ -151,3 +151,28 @@ def test_fitted_exit_head_is_the_ridge_fit_and_scores_linearly(make_tiny_bert, n
     assert head == head and head != other  # compared by identity (it holds an array)
     with pytest.raises(ValueError):
         fit_exit_head(ce, 3, queries, docs)
+
+
+def test_int8_cheap_stage_before_the_fp32_model(make_tiny_bert):
+    """The measured setup of docs/benchmarks-speed.md: ONNX int8 twin as the cheap stage, ONNX fp32 as the
+    full model. Survivors are the int8 top ``keep`` and carry exactly the fp32 scores."""
+    pytest.importorskip("onnxruntime")
+    from unirank import Reranker
+
+    path = make_tiny_bert("seqcls", seed=21)
+    full = Reranker(f"ce:{path}", device="cpu", backend="onnx")
+    cheap = Reranker(f"ce:{path}", device="cpu", backend="onnx", quantize="int8")
+    pruner = TopKPruner(full, [(cheap, 8)], k=3, costs=[0.4])
+    docs = _docs(20, seed=3)
+    query = "rain cloud storm"
+    got = pruner.rank(query, docs)
+    ref = np.array(full.score(query, docs))
+    alive = set(_survivors(np.array(cheap.score(query, docs)), 8, 0.0).tolist())
+    by_index = {r.index: r.score for r in got}
+    assert {i for i, s in by_index.items() if np.isfinite(s)} == alive
+    for i in alive:
+        assert by_index[i] == pytest.approx(ref[i], abs=1e-6)
+    top = [r.index for r in got.top(3)]
+    assert top == sorted(alive, key=lambda i: -ref[i])[:3]
+    assert pruner.stats["full_pairs"] == 8 and pruner.stats["cheap_pairs"] == 20
+    assert pruner.compute_saving == pytest.approx(20 / (20 * 0.4 + 8))
