@@ -8,7 +8,8 @@ same length-sorted 512-token batches the ONNX engine uses, so that each scheme i
   dynamic quantisation);
 - activations: ``fp32``; ``tensor`` (asymmetric uint8, one scale per batch tensor: onnxruntime's
   ``DynamicQuantizeLinear``); ``nocls`` (the same, but the [CLS] row is left out of the scale and kept
-  fp32: what ``cls_fp32`` does in the ONNX graph); ``token`` (asymmetric uint8, one scale per token row);
+  fp32); ``clsown`` (the [CLS] rows int8 with a scale of their own: what ``split_cls`` does in the ONNX
+  graph); ``token`` (asymmetric uint8, one scale per token row);
 - ``@alpha``: SmoothQuant-style smoothing (per input channel ``max|x|^alpha / max|w|^(1-alpha)``, the
   activation maxima measured on the evaluated batches, so an optimistic bound).
 
@@ -38,10 +39,12 @@ def quantize_activation(x, mode: str):
         return asym(x, x.min().clamp(max=0), x.max().clamp(min=0))
     if mode == "token":
         return asym(x, x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0))
-    if mode == "nocls":
-        rest = x[:, 1:]
+    if mode in ("nocls", "clsown"):
+        rest, cls = x[:, 1:], x[:, :1]
         q = asym(rest, rest.min().clamp(max=0), rest.max().clamp(min=0))
-        return torch.cat([x[:, :1], q], 1)
+        if mode == "clsown":  # the [CLS] rows int8 too, with a scale of their own
+            cls = asym(cls, cls.min().clamp(max=0), cls.max().clamp(min=0))
+        return torch.cat([cls, q], 1)
     raise ValueError(f"activation mode {mode!r}")
 
 

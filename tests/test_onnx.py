@@ -98,7 +98,7 @@ def test_bert_is_written_as_one_fused_graph_and_int8_quantises_attention(make_ti
 
 
 @pytest.mark.parametrize("kind", ["seqcls", "encoder"])
-def test_split_cls_graph_is_exact_and_int8_keeps_only_the_cls_rows_fp32(make_tiny_bert, tmp_path, kind):
+def test_split_cls_graph_is_exact_and_int8_gives_the_cls_row_its_own_matmuls(make_tiny_bert, tmp_path, kind):
     import onnx
     import onnxruntime as ort
     import torch
@@ -124,15 +124,18 @@ def test_split_cls_graph_is_exact_and_int8_keeps_only_the_cls_rows_fp32(make_tin
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
     q8 = onnx.load(str(onnx_model_file(path, kind, quantize="int8", cache_dir=tmp_path)))
-    fp32_matmuls = {n.name for n in q8.graph.node if n.op_type == "MatMul"}
+    plain = onnx.load(str(onnx_model_file(path, kind, quantize="int8", split_cls=False, cache_dir=tmp_path)))
     layers = model.config.num_hidden_layers
-    # the [CLS] copies of attention-output, FFN-in and FFN-out stay fp32; every other weight matmul is int8
-    assert {
-        f"layer.{i}/{m}/cls" for i in range(layers) for m in ("attn_out", "ffn_in", "ffn_out")
-    } <= fp32_matmuls
-    assert all("/cls" in n for n in fp32_matmuls)
-    plain = onnx.load(str(onnx_model_file(path, kind, quantize="int8", cls_fp32=False, cache_dir=tmp_path)))
-    assert not [n for n in plain.graph.node if n.op_type == "MatMul"]
+    split_layers = layers - 1 if kind == "seqcls" else layers  # a cross-encoder's last layer is [CLS]-only
+    for graph in (q8, plain):  # every weight matmul is int8, none left in fp32
+        assert not [n for n in graph.graph.node if n.op_type == "MatMul"]
+    # the [CLS] copies of attention-output, FFN-in and FFN-out are int8 matmuls of their own (own scale) ...
+    cls_int8 = [n for n in q8.graph.node if n.op_type == "MatMulInteger" and "/cls" in n.name]
+    plain_cls = [n for n in plain.graph.node if n.op_type == "MatMulInteger" and "/cls" in n.name]
+    assert len(cls_int8) - len(plain_cls) == 3 * split_layers
+    # ... on the same int8 weights: the file stores each weight once
+    size = {id(g): sum(len(i.raw_data) for i in g.graph.initializer) for g in (q8, plain)}
+    assert size[id(q8)] < 1.02 * size[id(plain)]
 
 
 def test_models_the_fused_graph_does_not_cover_use_the_generic_export(make_tiny_bert, tmp_path):
@@ -196,9 +199,9 @@ def test_real_minilm_onnx_fp32_and_int8(minilm_cross_encoder, minilm_path):
     assert _kendall_tau(e_ref, np.array(e_q8)) > 0.9
 
 
-def test_real_minilm_int8_with_fp32_cls_rows_is_closer_to_fp32(minilm_cross_encoder):
-    """MiniLM's [CLS] state carries values ~7x larger than other tokens' (the same holds for any BERT); kept
-    out of the int8 activation scale, the other tokens quantise finer: on these queries the error halves."""
+def test_real_minilm_int8_with_the_cls_row_split_off_is_closer_to_fp32(minilm_cross_encoder):
+    """MiniLM's [CLS] state carries values ~3x larger than other tokens'; with a scale of its own, the other
+    tokens quantise finer (here: mean tau 0.87 -> 0.91, max error 0.16 -> 0.12)."""
     from unirank import Reranker
     from unirank.backends.onnx import OnnxForward, onnx_model_file
     from unirank.eval.datasets import load_dataset
@@ -209,19 +212,19 @@ def test_real_minilm_int8_with_fp32_cls_rows_is_closer_to_fp32(minilm_cross_enco
     q8 = {}
     for split in (False, True):
         q8[split] = Reranker(f"ce:{minilm_cross_encoder}", device="cpu", backend="onnx")
-        path = onnx_model_file(minilm_cross_encoder, "seqcls", quantize="int8", cls_fp32=split)
+        path = onnx_model_file(minilm_cross_encoder, "seqcls", quantize="int8", split_cls=split)
         q8[split]._onnx = OnnxForward(path, q8[split].tokenizer)
     err = {False: 0.0, True: 0.0}
     tau = {False: [], True: []}
-    for qid in sorted(run)[:2]:
+    for qid in sorted(run)[:3]:
         docs = [ds.corpus[d] for d, _ in run[qid][:40]]
         ref = np.array(fp.score(ds.queries[qid], docs))
         for split, r in q8.items():
             got = np.array(r.score(ds.queries[qid], docs))
             err[split] = max(err[split], float(np.abs(got - ref).max()))
             tau[split].append(_kendall_tau(ref, got))
-    assert err[True] < 0.75 * err[False]
-    assert np.mean(tau[True]) > np.mean(tau[False])
+    assert err[True] < err[False]
+    assert np.mean(tau[True]) > np.mean(tau[False]) + 0.02
 
 
 def test_numpy_logit_conversion_matches_torch_and_handles_impossible_classes(make_tiny_bert):

@@ -188,7 +188,7 @@ def onnx_model_file(
     optimize: bool = True,
     per_channel: bool = True,
     keep_fp32: tuple[str, ...] = (),
-    cls_fp32: bool = True,
+    split_cls: bool = True,
     opset: int = 17,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
@@ -200,11 +200,11 @@ def onnx_model_file(
     quantisation of the MatMul / Gemm weights and fused attention (``per_channel`` scales by default);
     nodes whose name contains one of ``keep_fp32`` stay fp32 (e.g. ``"ffn_out"``, the second feed-forward
     matmul of each layer in the fused BERT graph, the most sensitive to int8; ``"output/dense"`` in a
-    generic export). ``cls_fp32`` (int8, fused BERT graph only): the [CLS] row runs the per-token matmuls in
-    fp32 and the other rows in int8, so [CLS]'s outlier values do not set the int8 activation scale of every
-    other token (median per-query Kendall tau against fp32 on DL19 BM25 top-100: 0.917 -> 0.961 for a
-    trained MiniLM-L6, 0.862 -> 0.935 with a random head; ~10 % more time, and a ~1.5x larger int8 file as
-    those rows keep fp32 weights; docs/benchmarks-speed.md).
+    generic export). ``split_cls`` (int8, fused BERT graph only): the [CLS] row goes through the attention
+    output and feed-forward matmuls as its own tensor, quantised with its own activation scale, so that its
+    outlier values do not set the int8 grid of every other token (median per-query Kendall tau against
+    fp32 on DL19 BM25 top-100: 0.917 -> 0.958 for a trained MiniLM-L6, 0.862 -> 0.917 with a random head;
+    docs/benchmarks-speed.md).
     Plain BERT models are written directly as a fused graph (:mod:`unirank.backends.onnx_bert`; a
     cross-encoder's last layer is computed for the [CLS] row only); other architectures are exported with
     torch and fused by onnxruntime's optimiser where it can.
@@ -220,7 +220,7 @@ def onnx_model_file(
     if quantize:
         options["per_channel"] = per_channel
         options["keep_fp32"] = sorted(keep_fp32)
-        options["cls_fp32"] = bool(cls_fp32)
+        options["split_cls"] = bool(split_cls)
     options["graph"] = 2  # bump when the written graph changes, so stale cached exports are not reused
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     final = root / "onnx" / _cache_key(src, options)
@@ -241,12 +241,10 @@ def onnx_model_file(
         logger.info("exporting %s to ONNX (%s)", src, options)
         current = tmp / "raw.onnx"
         if optimize and onnx_bert.supports(model, kind, _input_names(tokenizer)):  # the fused graph
-            split = quantize == "int8" and cls_fp32
+            split = quantize == "int8" and split_cls
             onnx_bert.build_bert_graph(
                 model, kind, _input_names(tokenizer), current, max(opset, 20), split_cls=split
             )
-            if split:
-                keep_fp32 = (*keep_fp32, "/cls")
         else:
             _export(model, kind, _input_names(tokenizer), current, opset)
             if optimize and _optimize(current, tmp / "opt.onnx", model.config):

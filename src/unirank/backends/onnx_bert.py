@@ -15,10 +15,10 @@ into ``QAttention`` and each weight ``MatMul`` into an int8 kernel. Two things g
   for every token but the query, attention (``MultiHeadAttention``), output projection and feed-forward for
   the [CLS] row alone (~1/7 fewer FLOPs for a 6-layer model);
 - ``split_cls=True`` (used for int8) carries the [CLS] row as its own tensor through the attention-output
-  and feed-forward matmuls, which then stay fp32 for that row, so its outlier values (largest in the
-  feed-forward inputs) do not set the int8 activation scale of the other tokens there. The QKV projection
-  (inside ``QAttention``) still quantises all rows together. The fp32 copies of those three weights per
-  layer make the int8 file ~1.5x larger (MiniLM-L6: 86 MiB instead of 56; fp32 87 MiB).
+  and feed-forward matmuls (same weights, nodes named ``.../cls``), so that dynamic int8 gives it an
+  activation scale of its own and its outlier values (largest in the feed-forward inputs) do not set the
+  int8 grid of the other tokens there. The QKV projection (inside ``QAttention``) still quantises all rows
+  together.
 
 :func:`supports` says whether a model fits; anything else goes through the generic export in
 :mod:`unirank.backends.onnx`.
@@ -79,7 +79,12 @@ class _Graph:
         self.names: set[str] = set()
 
     def weight(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+        """An fp32 initializer; a name given again refers to the first one (weights shared by the [CLS] and
+        the other rows are stored once)."""
+        if name not in self.names:
+            self.names.add(name)
+            array = np.ascontiguousarray(value, np.float32)
+            self.inits.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
     def const(self, name: str, value: np.ndarray) -> str:
@@ -115,31 +120,34 @@ class _Graph:
         """The per-token part of a BERT layer after attention: output projection + LayerNorm, then the
         feed-forward + LayerNorm (node names ``{p}/attn_out{part}``, ``{p}/ffn_in{part}``, ...)."""
         ao, inter, fo = layer.attention.output, layer.intermediate.dense, layer.output
-        w = self.weight(f"{p}.attn_out.weight_t{part}", _np(ao.dense.weight).T)
+        w = self.weight(f"{p}.attn_out.weight_t", _np(ao.dense.weight).T)
         h = self.node("MatMul", [ctx, w], f"{p}/attn_out{part}")[0]
-        h = self.add_norm(h, ao.dense.bias, residual, ao.LayerNorm, f"{p}/attn{part}", eps)
+        h = self.add_norm(h, ao.dense.bias, residual, ao.LayerNorm, f"{p}/attn{part}", eps, f"{p}/attn")
         res = h
         h = self.node(
-            "MatMul", [h, self.weight(f"{p}.ffn_in.weight_t{part}", _np(inter.weight).T)], f"{p}/ffn_in{part}"
+            "MatMul", [h, self.weight(f"{p}.ffn_in.weight_t", _np(inter.weight).T)], f"{p}/ffn_in{part}"
         )[0]
-        h = self.node(
-            "Add", [h, self.weight(f"{p}.ffn_in.bias{part}", _np(inter.bias))], f"{p}/ffn_in_bias{part}"
-        )[0]
+        h = self.node("Add", [h, self.weight(f"{p}.ffn_in.bias", _np(inter.bias))], f"{p}/ffn_in_bias{part}")[
+            0
+        ]
         h = self.node("Gelu", [h], f"{p}/gelu{part}")[0]
         h = self.node(
             "MatMul",
-            [h, self.weight(f"{p}.ffn_out.weight_t{part}", _np(fo.dense.weight).T)],
+            [h, self.weight(f"{p}.ffn_out.weight_t", _np(fo.dense.weight).T)],
             f"{p}/ffn_out{part}",
         )[0]
-        return self.add_norm(h, fo.dense.bias, res, fo.LayerNorm, f"{p}/ffn{part}", eps)
+        return self.add_norm(h, fo.dense.bias, res, fo.LayerNorm, f"{p}/ffn{part}", eps, f"{p}/ffn")
 
-    def add_norm(self, x: str, bias: Any, residual: str, norm: Any, name: str, eps: float) -> str:
+    def add_norm(
+        self, x: str, bias: Any, residual: str, norm: Any, name: str, eps: float, key: str | None = None
+    ) -> str:
         """``LayerNorm(x + bias + residual)`` as Add, Add, LayerNormalization. (onnxruntime would fuse
         this into ``SkipLayerNormalization``, whose CPU kernel measured 3x slower: sessions disable that.)"""
-        h = self.node("Add", [x, self.weight(f"{name}.bias", _np(bias))], f"{name}/bias")[0]
+        key = key or name  # initializer names (shared between row parts)
+        h = self.node("Add", [x, self.weight(f"{key}.bias", _np(bias))], f"{name}/bias")[0]
         h = self.node("Add", [h, residual], f"{name}/residual")[0]
-        gamma = self.weight(f"{name}.ln.weight", _np(norm.weight))
-        beta = self.weight(f"{name}.ln.bias", _np(norm.bias))
+        gamma = self.weight(f"{key}.ln.weight", _np(norm.weight))
+        beta = self.weight(f"{key}.ln.bias", _np(norm.bias))
         return self.node("LayerNormalization", [h, gamma, beta], f"{name}/ln", axis=-1, epsilon=eps)[0]
 
     def linear(self, x: str, lin: Any, name: str) -> str:
@@ -158,8 +166,8 @@ def build_bert_graph(
     ``last_hidden_state``) to ``out`` (``opset`` >= 20, for the ``Gelu`` operator). Inputs are int64
     ``input_ids`` / ``attention_mask`` / ``token_type_ids`` (those in ``input_names``), right-padded,
     shape ``(batch, sequence)``. ``split_cls=True`` writes the per-token part of every layer twice, for the
-    [CLS] row and for the other rows (nodes of the [CLS] copy are named ``.../cls``), which is what
-    :func:`unirank.backends.onnx.onnx_model_file` does for int8 (the ``/cls`` nodes stay fp32)."""
+    [CLS] row and for the other rows (nodes of the [CLS] copy are named ``.../cls``; weights are shared),
+    which is what :func:`unirank.backends.onnx.onnx_model_file` does for int8."""
     if not supports(model, kind, input_names):
         raise ValueError("build_bert_graph needs a plain BERT model (see supports())")
     if opset < 20:
@@ -196,7 +204,7 @@ def build_bert_graph(
         epsilon=eps,
     )[0]
     # With ``split_cls`` the [CLS] row of each hidden state is carried as its own tensor through the
-    # per-token part of every layer (its matmuls stay fp32: node names end in "/cls"), and the two parts
+    # per-token part of every layer (node names end in "/cls"; the weights are shared), and the two parts
     # are concatenated only where tokens meet, at attention. BERT's [CLS] state holds a few values ~3x
     # larger than any other token's; with them in the same tensor, dynamic int8 picks a per-tensor
     # activation scale ~3x coarser for every other token.
