@@ -8,6 +8,7 @@ times it against full scoring in the same process.
 
     python benchmarks/pruning_dl19.py --queries 43 --timed 5            # early-exit cheap stage
     python benchmarks/pruning_dl19.py --cheap int8 --queries 20           # int8 ONNX cheap stage
+    python benchmarks/pruning_dl19.py --cheap int8 --eval-on dl20 --queries 54 --model DIR  # choose on DL20
     python benchmarks/pruning_dl19.py --cheap exit-head --model DIR      # fitted exit heads (DL20 -> DL19)
 
 With ``--cheap exit-head`` a linear head per early layer is fitted (``fit_exit_heads``: ridge regression of
@@ -110,7 +111,11 @@ def int8_cheap_stage(args) -> int:
     path = Path(args.model) if args.model else build_minilm_ce(Path(tempfile.mkdtemp()) / "ce")
     fp = Reranker(f"ce:{path}", device="cpu", backend="onnx", onnx_threads=2)
     q8 = Reranker(f"ce:{path}", device="cpu", backend="onnx", quantize="int8", onnx_threads=2)
-    qids, queries, docs_lists = dl19(args.queries)
+    if args.eval_on == "dl20":  # to choose keep / margin on other queries than the DL19 evaluation
+        qids, queries, docs_lists = dl20(Path(args.data) / "trec-dl-2020-passage")
+        qids, queries, docs_lists = qids[: args.queries], queries[: args.queries], docs_lists[: args.queries]
+    else:
+        qids, queries, docs_lists = dl19(args.queries)
     t_fp, t_q8, full, cheap = 0.0, 0.0, [], []
     for q, d in zip(queries, docs_lists):  # interleaved per query, so both see the same machine load
         t = time.perf_counter()
@@ -240,6 +245,12 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="cross-encoder folder (default: MiniLM-L6 + random head)")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="int8 mode: score margins to try")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument(
+        "--eval-on",
+        choices=["dl19", "dl20"],
+        default="dl19",
+        help="int8 mode: DL20 queries for choosing settings",
+    )
     args = ap.parse_args(argv)
     if args.cheap == "int8":
         return int8_cheap_stage(args)
