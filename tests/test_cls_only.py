@@ -127,3 +127,14 @@ def test_training_mode_uses_the_stock_layer(make_tiny_bert):
     train_last = model(**batch, output_hidden_states=True).hidden_states[-1]
     assert eval_last.shape[1] == 1  # [CLS] row only
     assert train_last.shape == (len(QUERIES), batch["input_ids"].shape[1], model.config.hidden_size)
+
+
+def test_a_tokenizer_that_cannot_pad_keeps_the_stock_forward(make_tiny_bert):
+    from unirank.backends import cls_only
+
+    path = make_tiny_bert("seqcls", seed=15)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = _tokenizer(path)
+    tok.pad_token = None  # padding=True now raises inside the probe
+    assert not cls_only.enable(model, tok)
+    assert "forward" not in model.bert.encoder.layer[-1].__dict__

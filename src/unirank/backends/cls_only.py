@@ -99,13 +99,13 @@ def enable(model: Any, tokenizer: Any, device: Any = "cpu") -> bool:
     import torch
 
     layer = _last_layer(model)
-    probe = tokenizer(
-        ["what causes rain", "who wrote it"],
-        ["Rain forms when water vapour condenses into droplets heavy enough to fall.", "a short one"],
-        padding=True,
-        return_tensors="pt",
-    ).to(device)
     try:
+        probe = tokenizer(
+            ["what causes rain", "who wrote it"],
+            ["Rain forms when water vapour condenses into droplets heavy enough to fall.", "a short one"],
+            padding=True,
+            return_tensors="pt",
+        ).to(device)
         with torch.inference_mode():
             ref = model(**probe).logits.float()
             layer.forward = types.MethodType(_cls_only_forward, layer)
