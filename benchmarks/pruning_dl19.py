@@ -131,6 +131,8 @@ def int8_cheap_stage(args) -> int:
         f"int8 vs fp32 Kendall tau min {min(taus):.3f} median {np.median(taus):.3f}"
     )
     pruning_table(full, cheap, cost, margins=args.margins)
+    if args.dump:  # the scores, for trying other pruning rules offline
+        np.savez(args.dump, full=np.stack(full), cheap=np.stack(cheap), cost=cost)
     return 0
 
 
@@ -245,6 +247,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="cross-encoder folder (default: MiniLM-L6 + random head)")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="int8 mode: score margins to try")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--dump", default=None, help="int8 mode: save fp32 / int8 scores and cost (.npz)")
     ap.add_argument(
         "--eval-on",
         choices=["dl19", "dl20"],
