@@ -304,7 +304,10 @@ def matmul_peaks(m: int = 2048, k: int = 384, n: int = 1536, repeats: int = 7, t
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`run_bench` rows."""
-    head = "| path | pairs/s | ms/query | x ST | GFLOP/s | RSS growth MiB | max abs diff | tau min / median |"
+    head = (
+        "| path | pairs/s | ms/query | x ST | useful GFLOP/s | RSS growth MiB | max abs diff "
+        "| tau min / median |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp = f"{r['speedup_vs_st']:.2f}" if r.get("speedup_vs_st") else "-"
