@@ -33,9 +33,13 @@ _TYPES = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
 
 
 def _last_layer(model: Any) -> Any | None:
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None or len(layers) == 0:
+    from . import hf
+
+    try:
+        layers = hf.encoder_layers(model)[3]
+    except TypeError:
+        return None
+    if len(layers) == 0:
         return None
     layer = layers[-1]
     att = getattr(layer, "attention", None)

@@ -215,6 +215,18 @@ _OFFSET_POSITION_MODELS = frozenset(
 )
 
 
+def encoder_layers(model: Any) -> tuple[str, Any, Any, Any]:
+    """``(prefix, base, encoder, layers)`` of a BERT-style model: ``model.<base_model_prefix>.encoder.layer``;
+    ``TypeError`` if it has no such list."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None)
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise TypeError(f"{type(model).__name__} has no <base>.encoder.layer list")
+    return prefix, base, encoder, layers
+
+
 def max_model_length(tokenizer: Any, config: Any, requested: int | None) -> int:
     """The usable sequence length: the request, capped by what the model's positions allow."""
     positions = getattr(config, "max_position_embeddings", None)

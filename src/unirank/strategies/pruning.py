@@ -160,15 +160,12 @@ class ExitHead:
 
 
 def _encoder_layers(model: Any) -> tuple[str, Any, Any, Any]:
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None)
-    encoder = getattr(base, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
-        raise TypeError(
-            f"{type(model).__name__} has no <base>.encoder.layer list; early exit is not supported"
-        )
-    return prefix, base, encoder, layers
+    from ..backends import hf
+
+    try:
+        return hf.encoder_layers(model)
+    except TypeError as exc:
+        raise TypeError(f"{exc}; early exit is not supported") from None
 
 
 def _exit_features(hidden: Any, mask: Any) -> Any:
