@@ -116,6 +116,12 @@ class _Graph:
         rest = self.node("Slice", [x, self.index(1), end, self.index(1)], f"{name}/slice_rest")[0]
         return {"/cls": cls, "": rest}
 
+    def join(self, parts: dict[str, str], name: str) -> str:
+        """The whole ``(batch, sequence, hidden)`` tensor again from :meth:`split_cls` parts (or the one)."""
+        if "/cls" not in parts:
+            return parts[""]
+        return self.node("Concat", [parts["/cls"], parts[""]], name, axis=1)[0]
+
     def token_block(self, layer: Any, ctx: str, residual: str, p: str, part: str, eps: float) -> str:
         """The per-token part of a BERT layer after attention: output projection + LayerNorm, then the
         feed-forward + LayerNorm (node names ``{p}/attn_out{part}``, ``{p}/ffn_in{part}``, ...)."""
@@ -214,9 +220,7 @@ def build_bert_graph(
     layers = list(base.encoder.layer)
     for i, layer in enumerate(layers):
         p = f"layer.{i}"
-        x_full = x if i == 0 else parts[""]  # the first layer's input is whole already
-        if split_cls and i > 0:
-            x_full = g.node("Concat", [parts["/cls"], parts[""]], f"{p}/concat", axis=1)[0]
+        x_full = x if i == 0 else g.join(parts, f"{p}/concat")  # the first layer's input is whole already
         sa = layer.attention.self
         if kind == "seqcls" and i == len(layers) - 1:
             x_cls = parts["/cls"] if split_cls else g.cls_row(x_full, f"{p}/input")
@@ -249,11 +253,7 @@ def build_bert_graph(
         ctx_parts = g.split_cls(ctx, f"{p}/ctx") if split_cls else {"": ctx}
         parts = {part: g.token_block(layer, h, parts[part], p, part, eps) for part, h in ctx_parts.items()}
     if kind == "encoder":
-        x = (
-            g.node("Concat", [parts["/cls"], parts[""]], "final/concat", axis=1)[0]
-            if split_cls
-            else parts[""]
-        )
+        x = g.join(parts, "final/concat")
 
     if kind == "seqcls":
         cls = g.node("Gather", [parts["/cls"], g.const("zero_i64", np.array(0, np.int64))], "cls", axis=1)[0]
