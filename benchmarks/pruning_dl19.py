@@ -74,33 +74,44 @@ def all_depth_scores(ce, queries, docs_lists) -> list[np.ndarray]:
 
 
 def pruning_table(
-    full: list[np.ndarray], cheap: list[np.ndarray], cost: float, k: int = 10, margins=(0.0,)
+    full: list[np.ndarray], cheap: list[np.ndarray], cost: float, k: int = 10, margins=(0.0,), error_zs=()
 ) -> None:
-    from unirank.strategies.pruning import _survivors
+    """Offline: the survivors of TopKPruner's rules (``keep`` + ``margin``; ``keep`` + ``error_z`` second
+    round, through the pruner's own functions) and how often they hold the exact top-k set."""
+    from unirank.strategies.pruning import _second_round, _survivors
 
-    print("| keep | margin | survivors | compute vs full | same top-10 set | same top-10 order | recall@10 |")
-    print("|---|---|---|---|---|---|---|")
-    for keep in (10, 12, 14, 16, 18, 20, 25, 30, 40, 50):
-        for margin in margins:
-            same = same_order = 0
-            rec, spent, total, alive_n = [], 0.0, 0, []
-            for f, c in zip(full, cheap):
-                truth = np.argsort(-f, kind="stable")[:k]
-                alive = _survivors(c, keep, margin)
-                alive_n.append(len(alive))
-                spent += len(f) * cost + len(alive)
-                total += len(f)
-                sub = np.full(len(f), -np.inf)
-                sub[alive] = f[alive]
-                got = np.argsort(-sub, kind="stable")[:k]
-                same += set(got.tolist()) == set(truth.tolist())
-                same_order += list(got) == list(truth)
-                rec.append(len(set(truth.tolist()) & set(got.tolist())) / k)
-            print(
-                f"| {keep} | {margin:g} | {np.mean(alive_n):.1f} | {total / spent:.2f}x | {same}/{len(full)} "
-                f"({same / len(full):.0%}) | {same_order}/{len(full)} | {np.mean(rec):.3f} |",
-                flush=True,
-            )
+    settings = [(keep, m, None) for keep in (10, 12, 14, 16, 18, 20, 25, 30, 40, 50) for m in margins]
+    settings += [(keep, 0.0, z) for keep in (10, 11, 12) for z in error_zs]
+    print(
+        "| keep | margin | error_z | survivors | compute vs full | same top-10 set | same top-10 order "
+        "| recall@10 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for keep, margin, z in settings:
+        same = same_order = 0
+        rec, spent, total, alive_n = [], 0.0, 0, []
+        for f, c in zip(full, cheap):
+            truth = np.argsort(-f, kind="stable")[:k]
+            alive = _survivors(c, keep, margin)
+            if z is not None:
+                first = np.full(len(f), -np.inf)
+                first[alive] = f[alive]
+                alive = np.union1d(alive, _second_round(c, first, alive, k, z))
+            alive_n.append(len(alive))
+            spent += len(f) * cost + len(alive)
+            total += len(f)
+            sub = np.full(len(f), -np.inf)
+            sub[alive] = f[alive]
+            got = np.argsort(-sub, kind="stable")[:k]
+            same += set(got.tolist()) == set(truth.tolist())
+            same_order += list(got) == list(truth)
+            rec.append(len(set(truth.tolist()) & set(got.tolist())) / k)
+        print(
+            f"| {keep} | {margin:g} | {'-' if z is None else f'{z:g}'} | {np.mean(alive_n):.1f} "
+            f"| {total / spent:.2f}x | {same}/{len(full)} "
+            f"({same / len(full):.0%}) | {same_order}/{len(full)} | {np.mean(rec):.3f} |",
+            flush=True,
+        )
 
 
 def int8_cheap_stage(args) -> int:
@@ -130,9 +141,20 @@ def int8_cheap_stage(args) -> int:
         f"{len(qids)} queries x 100: onnx fp32 {t_fp:.1f}s, onnx int8 {t_q8:.1f}s -> cheap cost {cost:.2f}; "
         f"int8 vs fp32 Kendall tau min {min(taus):.3f} median {np.median(taus):.3f}"
     )
-    pruning_table(full, cheap, cost, margins=args.margins)
+    pruning_table(full, cheap, cost, margins=args.margins, error_zs=args.error_z)
     if args.dump:  # the scores, for trying other pruning rules offline
         np.savez(args.dump, full=np.stack(full), cheap=np.stack(cheap), cost=cost)
+    if args.timed:  # the real pruner, wall time against full fp32 scoring
+        from unirank.strategies.pruning import TopKPruner
+
+        pr = TopKPruner(
+            fp, [(q8, args.keep)], k=10, costs=[cost], error_z=args.timed_z, margin=args.timed_margin
+        )
+        print(
+            f"\nTopKPruner(onnx fp32, [(onnx int8, {args.keep})], error_z={args.timed_z}, "
+            f"margin={args.timed_margin})"
+        )
+        timed_pruner(fp, pr, queries[: args.timed], docs_lists[: args.timed], args.repeats, 10)
     return 0
 
 
@@ -247,6 +269,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="cross-encoder folder (default: MiniLM-L6 + random head)")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0], help="int8 mode: score margins to try")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--error-z", type=float, nargs="*", default=[], help="int8 mode: error_z values to try")
+    ap.add_argument("--keep", type=int, default=10, help="int8 mode: keep of the timed pruner")
+    ap.add_argument("--timed-z", type=float, default=None, help="int8 mode: error_z of the timed pruner")
+    ap.add_argument("--timed-margin", type=float, default=0.0, help="int8 mode: margin of the timed pruner")
     ap.add_argument("--dump", default=None, help="int8 mode: save fp32 / int8 scores and cost (.npz)")
     ap.add_argument(
         "--eval-on",

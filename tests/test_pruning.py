@@ -62,6 +62,65 @@ def test_pruned_candidates_rank_last_and_short_lists_skip_the_cheap_stage():
     assert pr.stats["cheap_pairs"] == 0 and pr.stats["full_pairs"] == 4
 
 
+class Table(PointwiseRanker):
+    """Scores looked up by text (a full model and its noisy cheap twin, with known scores)."""
+
+    score_kind = ScoreKind.UNBOUNDED
+
+    def __init__(self, table, name="table"):
+        super().__init__(name)
+        self.table, self.pairs = table, 0
+
+    def _score_pairs(self, queries, texts, show_progress=False):
+        self.pairs += len(texts)
+        return np.array([self.table[t] for t in texts])
+
+
+def _noisy_pair(seed, n=100, noise=0.1, offset=0.0):
+    rng = np.random.default_rng(seed)
+    texts = [f"doc {i}" for i in range(n)]
+    f = rng.normal(0.0, 1.0, n)
+    c = f + offset + rng.normal(0.0, noise, n)
+    return texts, Table(dict(zip(texts, f)), "full"), Table(dict(zip(texts, c)), "cheap"), f
+
+
+def test_second_round_recovers_what_the_cheap_error_puts_below_the_cut():
+    """keep=k alone loses true top-10 members to the cheap stage's noise; the second round, sized by the
+    error measured on the survivors (offset included), brings them back for a few extra full pairs."""
+    plain = fixed = 0
+    extra = []
+    for seed in range(40):
+        texts, full, cheap, f = _noisy_pair(seed, offset=2.5)  # a constant offset is learned, not a cost
+        truth = set(np.argsort(-f)[:10].tolist())
+        a = TopKPruner(full, [(cheap, 10)], k=10).rank("q", texts, top_k=10)
+        pr, full.pairs = TopKPruner(full, [(cheap, 10)], k=10, error_z=3.0), 0
+        b = pr.rank("q", texts, top_k=10)
+        plain += set(a.indices) == truth
+        fixed += set(b.indices) == truth
+        assert pr.stats["full_pairs"] == 10 + pr.stats["second_round_pairs"] == full.pairs
+        extra.append(pr.stats["second_round_pairs"])
+        got = {i: s for i, s in zip(b.indices, b.scores)}
+        assert all(got[i] == pytest.approx(f[i]) for i in b.indices)  # full scores, not cheap ones
+    assert plain <= 30 and fixed >= 38
+    assert 0 < np.mean(extra) < 15
+
+
+def test_second_round_edge_cases():
+    texts, full, cheap, f = _noisy_pair(1, n=30, noise=0.0, offset=-1.0)
+    pr = TopKPruner(full, [(cheap, 5)], k=5, error_z=2.0)  # exact up to an offset: nothing to re-check
+    assert set(pr.rank("q", texts, top_k=5).indices) == set(np.argsort(-f)[:5].tolist())
+    assert pr.stats["second_round_pairs"] == 0 and full.pairs == 5
+    _, full, cheap, _ = _noisy_pair(2, n=30, noise=0.5)
+    pr = TopKPruner(full, [(cheap, 5)], k=5, error_z=1e9)  # an unbounded error re-checks everything
+    pr.rank("q", texts)
+    assert pr.stats["second_round_pairs"] == 25 and full.pairs == 30
+    pr.reset_stats()
+    pr.rank("q", texts[:4])  # nothing pruned: no second round
+    assert pr.stats["second_round_pairs"] == 0
+    with pytest.raises(ValueError, match="error_z"):
+        TopKPruner(full, [(cheap, 5)], k=5, error_z=-1.0)
+
+
 def test_survivors_margin_and_nan():
     s = np.array([5.0, 1.0, 4.9, 3.0, np.nan])
     assert _survivors(s, 2, 0.0).tolist() == [0, 2, 4]  # NaN never prunes

@@ -56,6 +56,13 @@ class TopKPruner(Ranker):
             (at least ``k``) of those still alive.
         k: the number of results that must be right; ``keep`` values below ``k`` are raised to ``k``.
         margin: also keep candidates whose cheap score is within ``margin`` of the last kept one.
+        error_z: if set, a second full round checks the candidates the last cheap stage pruned against the
+            error that stage made on this query: with ``d`` = full - cheap score over the survivors (their
+            median ``mu``, standard deviation ``sd``) and ``t`` the ``k``-th best full score, every pruned
+            candidate with ``cheap + mu + error_z * sd >= t`` is scored in full too. The extra work goes where
+            the cheap stage's own measured error says the boundary is still open (DL19 / DL20 with an int8
+            twin as cheap stage: ``keep=10, error_z=2`` ~13 full pairs per query, exact top-10 set on 95 %
+            of the queries; docs/benchmarks-speed.md).
         costs: cost of one cheap pair per stage relative to one full pair (for :attr:`stats`); by default a
             stage's ``pruning_cost`` attribute (set by :func:`early_exit`) or 1.0.
     """
@@ -68,6 +75,7 @@ class TopKPruner(Ranker):
         margin: float = 0.0,
         costs: Sequence[float] | None = None,
         name: str | None = None,
+        error_z: float | None = None,
     ) -> None:
         super().__init__(name or f"prune({full.name})")
         if k < 1:
@@ -78,6 +86,9 @@ class TopKPruner(Ranker):
             raise ValueError("every stage must keep >= 1 candidates")
         if margin < 0:
             raise ValueError("margin must be >= 0")
+        if error_z is not None and not error_z >= 0:
+            raise ValueError("error_z must be >= 0 (or None)")
+        self.error_z = None if error_z is None else float(error_z)
         self.full = full
         self.stages = [(r, max(int(keep), k)) for r, keep in stages]
         self.k = k
@@ -93,7 +104,13 @@ class TopKPruner(Ranker):
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        self.stats: dict[str, float] = {"candidates": 0, "cheap_pairs": 0, "full_pairs": 0, "compute": 0.0}
+        self.stats: dict[str, float] = {
+            "candidates": 0,
+            "cheap_pairs": 0,
+            "full_pairs": 0,
+            "second_round_pairs": 0,
+            "compute": 0.0,
+        }
 
     @property
     def compute_saving(self) -> float:
@@ -105,6 +122,7 @@ class TopKPruner(Ranker):
     ) -> list[np.ndarray]:
         alive = [np.arange(len(d)) for d in docs_lists]
         self.stats["candidates"] += sum(len(d) for d in docs_lists)
+        last_cheap: dict[int, np.ndarray] = {}  # query -> the last cheap stage's scores (nan: not scored)
         for (ranker, keep), cost in zip(self.stages, self.costs):
             todo = [i for i, a in enumerate(alive) if len(a) > keep]
             if not todo:
@@ -116,18 +134,57 @@ class TopKPruner(Ranker):
             self.stats["cheap_pairs"] += n
             self.stats["compute"] += n * cost
             for i, s in zip(todo, got):
+                last_cheap[i] = np.full(len(docs_lists[i]), np.nan)
+                last_cheap[i][alive[i]] = s
                 alive[i] = alive[i][_survivors(s, keep, self.margin)]
+        scores = self._score_full(queries, docs_lists, alive, show_progress)
+        if self.error_z is not None and last_cheap:
+            extra = {
+                i: _second_round(last_cheap[i], scores[i], alive[i], self.k, self.error_z) for i in last_cheap
+            }
+            extra = {i: e for i, e in extra.items() if len(e)}
+            if extra:
+                todo = list(extra)
+                got = self._score_full(
+                    [queries[i] for i in todo], [docs_lists[i] for i in todo], [extra[i] for i in todo], False
+                )
+                self.stats["second_round_pairs"] += sum(len(e) for e in extra.values())
+                for i, s in zip(todo, got):
+                    scores[i][extra[i]] = s[extra[i]]
+        return scores
+
+    def _score_full(
+        self, queries: list[str], docs_lists: list[list[Document]], chosen: list[np.ndarray], progress: bool
+    ) -> list[np.ndarray]:
+        """Full scores of the ``chosen`` candidates of each query (``-inf`` elsewhere)."""
         full = self.full._score_nonempty(
-            queries, [[docs_lists[i][j] for j in a] for i, a in enumerate(alive)], show_progress
+            queries, [[docs_lists[i][j] for j in a] for i, a in enumerate(chosen)], progress
         )
         out = []
-        for i, (a, s) in enumerate(zip(alive, full)):
+        for i, (a, s) in enumerate(zip(chosen, full)):
             self.stats["full_pairs"] += len(a)
             self.stats["compute"] += len(a)
             scores = np.full(len(docs_lists[i]), -np.inf)
             scores[a] = s
             out.append(scores)
         return out
+
+
+def _second_round(cheap: np.ndarray, full: np.ndarray, alive: np.ndarray, k: int, z: float) -> np.ndarray:
+    """The pruned candidates (scored by the last cheap stage, not in ``alive``) that could still reach the
+    top ``k`` given the cheap stage's error on the survivors: ``cheap + median(d) + z * sd(d) >= t``, with
+    ``d = full - cheap`` over the survivors and ``t`` the ``k``-th best full score."""
+    pruned = np.setdiff1d(np.flatnonzero(~np.isnan(cheap)), alive)
+    if not len(pruned):
+        return pruned
+    got = full[alive]
+    finite = np.isfinite(got) & np.isfinite(cheap[alive])
+    if np.isfinite(got).sum() < k:  # failed full scores: the boundary is unknown, score the rest
+        return pruned
+    d = got[finite] - cheap[alive][finite]
+    sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+    t = np.sort(got[np.isfinite(got)])[-k]
+    return pruned[cheap[pruned] + float(np.median(d)) + z * sd >= t]
 
 
 def _survivors(scores: np.ndarray, keep: int, margin: float) -> np.ndarray:
