@@ -20,6 +20,7 @@ same length-sorted 512-token batches the ONNX engine uses, so that each scheme i
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import numpy as np
@@ -39,6 +40,9 @@ def quantize_activation(x, mode: str):
         return asym(x, x.min().clamp(max=0), x.max().clamp(min=0))
     if mode == "token":
         return asym(x, x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0))
+    if mode.startswith("res+"):  # two passes: the base mode, then its rounding error quantised again
+        first = quantize_activation(x, mode[4:])
+        return first + quantize_activation(x - first, "tensor")
     if mode in ("nocls", "clsown"):
         rest, cls = x[:, 1:], x[:, :1]
         q = asym(rest, rest.min().clamp(max=0), rest.max().clamp(min=0))
@@ -120,6 +124,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for scheme in [s for s in args.schemes.split(",") if s]:
         weights, _, rest = scheme.partition("/")
+        rest, _, res_pattern = rest.partition("#")
         act, _, alpha = rest.partition("@")
         for n, m in linears:
             w = fp32_weight[n]
@@ -130,7 +135,13 @@ def main(argv=None) -> int:
             wq = w * smooth[None, :]
             m.weight.data = quantize_weight(wq) if weights == "int8" else wq
 
-            def forward(x, m=m, smooth=smooth, w_fp32=w, act=act):
+            mode = act
+            if act == "ort":  # the ONNX graph: QKV quantised jointly (QAttention), the rest split_cls
+                mode = "tensor" if n.split(".")[-1] in ("query", "key", "value") else "clsown"
+            if res_pattern and re.search(res_pattern, n):
+                mode = "res+" + mode
+
+            def forward(x, m=m, smooth=smooth, w_fp32=w, act=mode):
                 y = torch.nn.functional.linear(quantize_activation(x / smooth, act), m.weight, m.bias)
                 if act == "nocls":  # the [CLS] row runs fp32 (weights included), as in the ONNX graph
                     y[:, :1] = torch.nn.functional.linear(x[:, :1], w_fp32, m.bias)
