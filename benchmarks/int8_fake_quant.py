@@ -9,9 +9,14 @@ same length-sorted 512-token batches the ONNX engine uses, so that each scheme i
 - activations: ``fp32``; ``tensor`` (asymmetric uint8, one scale per batch tensor: onnxruntime's
   ``DynamicQuantizeLinear``); ``nocls`` (the same, but the [CLS] row is left out of the scale and kept
   fp32); ``clsown`` (the [CLS] rows int8 with a scale of their own: what ``split_cls`` does in the ONNX
-  graph); ``token`` (asymmetric uint8, one scale per token row);
+  graph); ``token`` (asymmetric uint8, one scale per token row); ``ort`` (what the int8 ONNX graph does:
+  ``tensor`` for the query / key / value projections, which ``QAttention`` quantises jointly, ``clsown``
+  for the others);
 - ``@alpha``: SmoothQuant-style smoothing (per input channel ``max|x|^alpha / max|w|^(1-alpha)``, the
-  activation maxima measured on the evaluated batches, so an optimistic bound).
+  activation maxima measured on the evaluated batches, so an optimistic bound);
+- ``#regex``: the linears whose module name matches get two-pass activations (the scheme's 8-bit
+  rounding, then its rounding error quantised again per tensor and added: ~16-bit inputs at twice the
+  int8 matmul work), e.g. ``int8/ort#layer\\.[0-2]\\.`` or ``int8/ort#self|intermediate``.
 
     python benchmarks/int8_fake_quant.py --model DIR --queries 10 \\
         --schemes int8/fp32,int8/tensor,int8/nocls,fp32/nocls,int8/token,fp32/token,int8/nocls@0.5
