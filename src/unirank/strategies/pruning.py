@@ -3,14 +3,16 @@ only on candidates that a cheaper stage could not rule out.
 
 :class:`TopKPruner` runs one or more cheap stages over the candidates, keeps the best ``keep`` of each stage
 (plus any candidate within ``margin`` of the last kept score), and scores the survivors with the full
-ranker. This is the GRATING idea (a cheap, correlated estimate of every candidate's score, and full compute
-only where the top-k boundary is still undecided) in its model-agnostic form: a stage is any
-:class:`~unirank.base.Ranker`. :func:`early_exit` builds the natural cheap stage of a cross-encoder: the
-same model stopped after its first ``L`` transformer layers, which costs ``L / num_layers`` of a full
-forward. A model's own head was trained on the last layer and says little at layer ``L``, so
-:func:`fit_exit_heads` distils the full score into a linear head per early layer (ridge regression on the
-CLS + mean state, fitted once on unlabelled (query, candidate) pairs) and ``early_exit(ce, L, head)``
-scores with it.
+ranker; with ``error_z`` a second full round re-checks the pruned candidates against the error the last
+cheap stage made on this query's survivors (full minus cheap score: its median and spread), so the extra
+work goes only where the measured error leaves the top-k boundary open. This is the GRATING idea (a
+cheap, correlated estimate of every candidate's score, and full compute only where the top-k boundary is
+still undecided) in its model-agnostic form: a stage is any :class:`~unirank.base.Ranker`.
+:func:`early_exit` builds the natural cheap stage of a cross-encoder: the same model stopped after its
+first ``L`` transformer layers, which costs ``L / num_layers`` of a full forward. A model's own head was
+trained on the last layer and says little at layer ``L``, so :func:`fit_exit_heads` distils the full score
+into a linear head per early layer (ridge regression on the CLS + mean state, fitted once on unlabelled
+(query, candidate) pairs) and ``early_exit(ce, L, head)`` scores with it.
 
 Exactness trade-off: the result is the exact top-k of the full ranker whenever every true top-k candidate
 survives the cheap stages, which is guaranteed when a cheap stage orders candidates exactly like the full
