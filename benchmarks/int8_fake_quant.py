@@ -4,8 +4,9 @@ against the fp32 model over DL19 BM25 top-100.
 Every ``nn.Linear`` of the encoder gets its weight and / or its input rounded to an 8-bit grid, in the
 same length-sorted 512-token batches the ONNX engine uses, so that each scheme isolates one error source:
 
-- weights: ``fp32`` or ``int8`` (symmetric, one scale per output channel, as onnxruntime's per-channel
-  dynamic quantisation);
+- weights: ``fp32``, ``int8`` (symmetric, one scale per output channel, as onnxruntime's per-channel
+  dynamic quantisation) or ``gptq`` (the same int8 grid, rounded column by column to cancel the output
+  error on ``--calib`` other DL19 queries);
 - activations: ``fp32``; ``tensor`` (asymmetric uint8, one scale per batch tensor: onnxruntime's
   ``DynamicQuantizeLinear``); ``nocls`` (the same, but the [CLS] row is left out of the scale and kept
   fp32); ``clsown`` (the [CLS] rows int8 with a scale of their own: what ``split_cls`` does in the ONNX
@@ -64,11 +65,31 @@ def quantize_weight(w):
     return torch.round(w / s) * s
 
 
+def gptq_weight(w, h, damp: float = 0.01):
+    """int8 weights (the same per-output-channel scales as :func:`quantize_weight`) rounded column by column
+    so as to cancel the output error on the calibration inputs (GPTQ: ``h`` = sum of x x^T)."""
+    import torch
+
+    w = w.double().clone()
+    s = w.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127
+    h = h.double() + damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=torch.float64)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros_like(w)
+    for i in range(w.shape[1]):
+        q[:, i] = torch.clamp(torch.round(w[:, i : i + 1] / s), -127, 127)[:, 0] * s[:, 0]
+        err = (w[:, i] - q[:, i]) / hinv[i, i]
+        w[:, i + 1 :] -= err[:, None] * hinv[i, i + 1 :][None, :]
+    return q.float()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="cross-encoder folder")
     ap.add_argument("--queries", type=int, default=10)
     ap.add_argument("--schemes", default="int8/fp32,int8/tensor,int8/nocls,fp32/nocls,int8/token,fp32/token")
+    ap.add_argument(
+        "--calib", type=int, default=10, help="gptq: calibration queries (after the evaluated ones)"
+    )
     args = ap.parse_args(argv)
     import torch
     from scipy.stats import kendalltau
@@ -88,9 +109,9 @@ def main(argv=None) -> int:
     fp32_weight = {n: m.weight.data.clone() for n, m in linears}
     act_max = {n: torch.zeros(m.in_features) for n, m in linears}
 
-    def score_all() -> list[np.ndarray]:
+    def score_all(qs=qids) -> list[np.ndarray]:
         out = []
-        for q in qids:
+        for q in qs:
             docs = [ds.corpus[d].text for d, _ in run[q][:100]]
             lengths = [len(tok(ds.queries[q], d, truncation=True, max_length=512)["input_ids"]) for d in docs]
             order, scores, i = np.argsort(lengths, kind="stable"), np.zeros(len(docs)), 0
@@ -124,6 +145,19 @@ def main(argv=None) -> int:
     ref = score_all()
     for h in hooks:
         h.remove()
+    gptq: dict[str, torch.Tensor] = {}
+    if any(x.startswith("gptq/") for x in args.schemes.split(",")):  # calibrate on other DL19 queries
+        gram = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in linears}
+
+        def add_gram(mod, inp, n):  # returns None: the input passes unchanged
+            x = inp[0].reshape(-1, inp[0].shape[-1]).double()
+            gram[n].add_(x.T @ x)
+
+        hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: add_gram(mod, inp, n)) for n, m in linears]
+        score_all(sorted(run)[args.queries : args.queries + args.calib])
+        for h in hooks:
+            h.remove()
+        gptq = {n: gptq_weight(fp32_weight[n], gram[n]) for n, _ in linears}
     print(f"{len(qids)} queries x 100, {args.model}")
     print("| weights / activations | tau median | tau min | max abs diff |")
     print("|---|---|---|---|")
@@ -138,7 +172,7 @@ def main(argv=None) -> int:
                 a = float(alpha)
                 smooth = act_max[n].clamp(min=1e-5) ** a / w.abs().amax(0).clamp(min=1e-5) ** (1 - a)
             wq = w * smooth[None, :]
-            m.weight.data = quantize_weight(wq) if weights == "int8" else wq
+            m.weight.data = quantize_weight(wq) if weights == "int8" else gptq[n] if weights == "gptq" else wq
 
             mode = act
             if act == "ort":  # the ONNX graph: QKV quantised jointly (QAttention), the rest split_cls
