@@ -235,3 +235,33 @@ def test_int8_cheap_stage_before_the_fp32_model(make_tiny_bert):
     assert top == sorted(alive, key=lambda i: -ref[i])[:3]
     assert pruner.stats["full_pairs"] == 8 and pruner.stats["cheap_pairs"] == 20
     assert pruner.compute_saving == pytest.approx(20 / (20 * 0.4 + 8))
+
+
+def test_int8_cheap_stage_with_the_error_sized_second_round(make_tiny_bert):
+    """The same setup with ``error_z``: the second round adds exactly the pruned candidates that
+    ``_second_round`` picks from the int8 and fp32 scores, and they too carry the fp32 scores."""
+    pytest.importorskip("onnxruntime")
+    from unirank import Reranker
+    from unirank.strategies.pruning import _second_round
+
+    path = make_tiny_bert("seqcls", seed=21)
+    full = Reranker(f"ce:{path}", device="cpu", backend="onnx")
+    cheap = Reranker(f"ce:{path}", device="cpu", backend="onnx", quantize="int8")
+    docs, query = _docs(30, seed=4), "rain cloud storm"
+    ref, c = np.array(full.score(query, docs)), np.array(cheap.score(query, docs))
+    first = _survivors(c, 3, 0.0)
+    known = np.full(len(docs), -np.inf)
+    known[first] = ref[first]
+    sizes = []
+    for z in (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 1e6):
+        expected = set(first.tolist()) | set(_second_round(c, known, first, 3, z).tolist())
+        pruner = TopKPruner(full, [(cheap, 3)], k=3, error_z=z)
+        by_index = {r.index: r.score for r in pruner.rank(query, docs)}
+        assert {i for i, s in by_index.items() if np.isfinite(s)} == expected
+        assert all(by_index[i] == pytest.approx(ref[i], abs=1e-6) for i in expected)
+        assert pruner.stats["second_round_pairs"] == len(expected) - 3
+        sizes.append(len(expected))
+    assert sizes == sorted(sizes) and sizes[-1] == 30, sizes  # wider error bands re-check more
+    assert any(3 < n < 30 for n in sizes), (
+        sizes
+    )  # ... and in between, some but not all  # an unbounded error re-checks every candidate
