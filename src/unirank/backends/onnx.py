@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cpus import available_cores
 from ..errors import require
 from .fpmode import flush_denormals
 
@@ -391,11 +392,3 @@ def onnx_forward_for(
     # single-threaded runs of small batches, measured ~5 % faster than one run with ``threads`` intra-op
     # threads on MiniLM-L6 (docs/benchmarks-speed.md)
     return OnnxForward(path, ranker.tokenizer, threads=1, workers=threads or available_cores())
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)

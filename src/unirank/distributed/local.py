@@ -17,6 +17,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from ..cpus import available_cores
 from .job import RerankJob, build_ranker, score_shard
 from .runner import JobResult, Session
 
@@ -78,14 +79,15 @@ def run_local(
     """Score ``job``'s pending shards with ``workers`` processes and assemble ``out`` atomically.
 
     ``workers=0`` scores in this process (no model copies, easiest to debug). ``threads`` is the torch
-    thread count per worker (default: CPU cores // workers; in-process: unchanged unless given). The
-    checkpoint directory defaults to ``<out>.ckpt`` and is removed after assembly unless
-    ``keep_checkpoint``. See :func:`unirank.distributed.runner.run_job` for an example.
+    thread count per worker (default: usable CPU cores // workers, a container's CPU quota included;
+    in-process: unchanged unless given). The checkpoint directory defaults to ``<out>.ckpt`` and is
+    removed after assembly unless ``keep_checkpoint``. See :func:`unirank.distributed.runner.run_job` for
+    an example.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     if threads is None and workers > 0:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, available_cores() // workers)
     session = Session(job, out, "local", workers, checkpoint_dir, resume, show_progress)
     try:
         if session.pending and workers == 0:

@@ -45,7 +45,8 @@ class CrossEncoderRanker(PointwiseRanker):
         trust_remote_code, allow_pickle: opt-ins for custom model code and pickled weights.
         backend: ``"torch"`` (default) or ``"onnx"`` (onnxruntime on CPU; the model is exported once and
             cached, see :mod:`unirank.backends.onnx`); ``quantize="int8"`` runs it with dynamic int8
-            weights; ``onnx_threads`` = CPU cores to use (default: all), as that many concurrent batches.
+            weights; ``onnx_threads`` = CPU cores to use (default: all this process may use, a container's
+            CPU quota included), as that many concurrent batches.
         cache: a :class:`~unirank.cache.ScoreCache` (or ``True`` for an in-memory LRU) of pair scores.
 
     Example (a tiny model built on the spot, loaded through the public path):
