@@ -387,7 +387,7 @@ def onnx_forward_for(
     folder = getattr(ranker, "layout", {}).get("transformer", ranker.path)  # a ST model's Transformer folder
     path = onnx_model_file(folder, kind, model=ranker.model, tokenizer=ranker.tokenizer, quantize=quantize)
     if kind == "encoder":  # pooling runs in torch after the session: one batch at a time
-        return OnnxForward(path, ranker.tokenizer, threads=threads)
+        return OnnxForward(path, ranker.tokenizer, threads=threads or available_cores())
     # a cross-encoder's forward is numpy-only: ``threads`` cores in all, as that many concurrent
     # single-threaded runs of small batches, measured ~5 % faster than one run with ``threads`` intra-op
     # threads on MiniLM-L6 (docs/benchmarks-speed.md)
