@@ -33,6 +33,8 @@ def main(argv=None) -> int:
         f"int8 {peaks['int8']:.0f} GOP/s; torch bf16 {peaks['bf16']:.0f} GFLOP/s"
     )
     for r in rows:
+        if r["gflops"] is None:  # the pruned path does less than a full forward
+            continue
         kind = "int8" if r["path"].endswith("int8") else "bf16" if r["path"].endswith("bf16") else "fp32"
         share = 100 * r["gflops"] / peaks[kind]
         print(f"{r['path']}: {r['gflops']:.1f} GFLOP/s = {share:.0f}% of the {kind} peak")

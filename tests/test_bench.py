@@ -13,19 +13,21 @@ def test_run_bench_rows_agree_with_sentence_transformers(make_tiny_bert):
     from unirank.bench import format_rows, run_bench
 
     path = make_tiny_bert("seqcls", seed=5)
-    rows = run_bench(
-        path, n_queries=2, depth=6, repeats=1, paths=["torch", "onnx", "onnx-int8", "st"], threads=1
-    )
+    paths = ["torch", "onnx", "onnx-int8", "onnx-prune", "st"]
+    rows = run_bench(path, n_queries=2, depth=24, repeats=1, paths=paths, threads=1)
     by = {r["path"]: r for r in rows}
-    assert set(by) == {"torch", "onnx", "onnx-int8", "st"}
+    assert set(by) == set(paths)
     for p in ("torch", "onnx", "st"):  # fp32 paths: unirank's engines and the peer give the same scores
         assert by[p]["max_abs_diff"] < 1e-4, p
-        assert by[p]["tau_min"] == pytest.approx(1.0), p
+        assert by[p]["tau_min"] == pytest.approx(1.0) and by[p]["top10_same"] == 1.0, p
     assert by["onnx-int8"]["max_abs_diff"] > 0  # int8 really ran
+    # the pruned path scores its survivors with the fp32 engine: their scores are the reference's
+    assert by["onnx-prune"]["max_abs_diff"] < 1e-4 and by["onnx-prune"]["gflops"] is None
+    assert 10 / 24 <= by["onnx-prune"]["scored_share"] < 1 and by["onnx"]["scored_share"] == 1
     assert by["st"]["speedup_vs_st"] == pytest.approx(1.0)
-    assert all(r["pairs_per_s"] > 0 and r["gflops"] > 0 for r in rows)
+    assert all(r["pairs_per_s"] > 0 and (r["gflops"] is None or r["gflops"] > 0) for r in rows)
     table = format_rows(rows)
-    assert table.count("\n") == len(rows) + 1 and "| onnx-int8 |" in table
+    assert table.count("\n") == len(rows) + 1 and "| onnx-int8 |" in table and "| onnx-prune |" in table
 
 
 def test_forward_flops_counts_only_the_cls_row_of_the_last_layer(make_tiny_bert):

@@ -2,11 +2,14 @@
 
 Paths (``--paths``): ``torch`` (unirank, fp32), ``torch-bf16`` (unirank, bf16 weights: AMX on CPUs that
 have it), ``onnx`` (unirank, onnxruntime fp32), ``onnx-int8``
-(unirank, dynamic int8), ``st`` (sentence-transformers ``CrossEncoder.predict``), ``flashrank`` (FlashRank's
-runtime given unirank's fp32 ONNX export of the same weights, since FlashRank cannot download its own models
-offline). Every repeat runs every path once, in turn, so that the ratios come from the same conditions on a
-shared machine; the table reports medians over repeats. Agreement is measured against the ``torch`` fp32
-scores: max absolute difference and the minimum / median per-query Kendall tau.
+(unirank, dynamic int8), ``onnx-prune`` (unirank, top-10 only: :class:`~unirank.strategies.pruning.TopKPruner`
+with the int8 model as cheap stage, ``keep=10, error_z=2``, and fp32 ONNX for the survivors), ``st``
+(sentence-transformers ``CrossEncoder.predict``), ``flashrank`` (FlashRank's runtime given unirank's fp32
+ONNX export of the same weights, since FlashRank cannot download its own models offline). Every repeat runs
+every path once, in turn, so that the ratios come from the same conditions on a shared machine; the table
+reports medians over repeats. Agreement is measured against the ``torch`` fp32 scores: max absolute
+difference and the minimum / median per-query Kendall tau over the candidates a path scored (``onnx-prune``
+scores only its survivors), and the share of queries whose top-10 set is the reference's.
 
 The default model is the packaged all-MiniLM-L6-v2 encoder with a seeded random 1-logit head (a
 speed stand-in for a MiniLM-L6 cross-encoder); the default inputs are TREC DL 2019 queries x BM25 top-100.
@@ -40,7 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PATHS = ("torch", "torch-bf16", "onnx", "onnx-int8", "st", "flashrank")
+PATHS = ("torch", "torch-bf16", "onnx", "onnx-int8", "onnx-prune", "st", "flashrank")
 
 
 def build_minilm_cross_encoder(out: str | Path, seed: int = 1234) -> Path:
@@ -134,6 +137,17 @@ def _make_paths(model_dir: Path, paths: Sequence[str], threads: int, workdir: Pa
                 str(model_dir), device="cpu", backend="onnx", quantize=quant, onnx_threads=threads
             )
             fns[p] = lambda q, t, r=r: np.array(r.score(q, t))
+        elif p == "onnx-prune":
+            from .strategies.pruning import TopKPruner
+
+            full, cheap = (
+                CrossEncoderRanker(
+                    str(model_dir), device="cpu", backend="onnx", quantize=quant, onnx_threads=threads
+                )
+                for quant in (None, "int8")
+            )
+            pruner = TopKPruner(full, [(cheap, 10)], k=10, error_z=2.0)
+            fns[p] = lambda q, t, r=pruner: np.array(r.score(q, t))
         elif p == "st":
             st = require("sentence_transformers", "bench", "sentence-transformers")
             ce = st.CrossEncoder(str(model_dir), device="cpu", max_length=512)
@@ -216,12 +230,28 @@ def run_bench(
             ),
             "gflops": flops / med / 1e9,
         }
+        if p == "onnx-prune":  # it does less than the full forward: no FLOP rate to report
+            row["gflops"] = None
         if ref is not None:
-            diff = max(float(np.max(np.abs(a - b))) for a, b in zip(scores[p], ref))
-            taus = [float(kendalltau(a, b)[0]) for a, b in zip(scores[p], ref)]
-            row.update(max_abs_diff=diff, tau_min=min(taus), tau_median=float(np.median(taus)))
+            scored = [np.isfinite(a) for a in scores[p]]  # a pruner leaves -inf where it did not score
+            diff = max(
+                float(np.max(np.abs(a[m] - b[m]), initial=0.0)) for a, b, m in zip(scores[p], ref, scored)
+            )
+            taus = [float(kendalltau(a[m], b[m])[0]) for a, b, m in zip(scores[p], ref, scored)]
+            same = [_top_set(a, 10) == _top_set(b, 10) for a, b in zip(scores[p], ref)]
+            row.update(
+                scored_share=float(np.mean([m.mean() for m in scored])),  # < 1 where a pruner skipped some
+                max_abs_diff=diff,
+                tau_min=min(taus),
+                tau_median=float(np.median(taus)),
+                top10_same=sum(same) / len(same),
+            )
         rows.append(row)
     return rows
+
+
+def _top_set(scores: np.ndarray, k: int) -> set[int]:
+    return set(np.argsort(-scores, kind="stable")[:k].tolist())
 
 
 def forward_flops(
@@ -306,18 +336,19 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`run_bench` rows."""
     head = (
         "| path | pairs/s | ms/query | x ST | useful GFLOP/s | RSS growth MiB | max abs diff "
-        "| tau min / median |"
+        "| tau min / median | same top-10 |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp = f"{r['speedup_vs_st']:.2f}" if r.get("speedup_vs_st") else "-"
         agree = (
-            f"{r['max_abs_diff']:.2e} | {r['tau_min']:.3f} / {r['tau_median']:.3f}"
+            f"{r['max_abs_diff']:.2e} | {r['tau_min']:.3f} / {r['tau_median']:.3f} | {r['top10_same']:.0%}"
             if "tau_min" in r
-            else "- | -"
+            else "- | - | -"
         )
+        flops = f"{r['gflops']:.1f}" if r.get("gflops") is not None else "-"
         lines.append(
-            f"| {r['path']} | {r['pairs_per_s']:.1f} | {r['ms_per_query']:.0f} | {sp} | {r['gflops']:.1f} | "
+            f"| {r['path']} | {r['pairs_per_s']:.1f} | {r['ms_per_query']:.0f} | {sp} | {flops} | "
             f"{r['rss_growth_mib']:.0f} | {agree} |"
         )
     return "\n".join(lines)
