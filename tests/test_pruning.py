@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unirank.base import PointwiseRanker
-from unirank.strategies.pruning import TopKPruner, _survivors, early_exit
+from unirank.strategies.pruning import TopKPruner, _second_round, _survivors, early_exit
 from unirank.types import ScoreKind
 
 
@@ -119,6 +119,22 @@ def test_second_round_edge_cases():
     assert pr.stats["second_round_pairs"] == 0
     with pytest.raises(ValueError, match="error_z"):
         TopKPruner(full, [(cheap, 5)], k=5, error_z=-1.0)
+
+
+def test_second_round_rechecks_everything_where_the_error_cannot_be_measured():
+    texts, full, cheap, f = _noisy_pair(3, n=12, noise=1.0)
+    for keep, k, z in ((1, 1, 2.0), (3, 3, float("inf"))):  # one survivor: no spread; z = inf: unbounded
+        pr = TopKPruner(full, [(cheap, keep)], k=k, error_z=z)
+        res = pr.rank("q", texts, top_k=k)
+        assert pr.stats["second_round_pairs"] == 12 - keep
+        assert set(res.indices) == set(np.argsort(-f)[:k].tolist())
+    c = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    alive = np.array([0, 1, 2])
+    # full scores failed (NaN / -inf) on the survivors: the boundary is unknown
+    assert _second_round(c, np.array([np.nan, -np.inf, 1.0, 0, 0]), alive, 2, 1.0).tolist() == [3, 4]
+    # a +inf full score is a score (the best), not a failure
+    got = _second_round(c, np.array([np.inf, 4.0, 3.0, 0, 0]), alive, 2, 0.0)
+    assert got.tolist() == []
 
 
 def test_survivors_margin_and_nan():
@@ -242,7 +258,6 @@ def test_int8_cheap_stage_with_the_error_sized_second_round(make_tiny_bert):
     ``_second_round`` picks from the int8 and fp32 scores, and they too carry the fp32 scores."""
     pytest.importorskip("onnxruntime")
     from unirank import Reranker
-    from unirank.strategies.pruning import _second_round
 
     path = make_tiny_bert("seqcls", seed=21)
     full = Reranker(f"ce:{path}", device="cpu", backend="onnx")
@@ -261,7 +276,5 @@ def test_int8_cheap_stage_with_the_error_sized_second_round(make_tiny_bert):
         assert all(by_index[i] == pytest.approx(ref[i], abs=1e-6) for i in expected)
         assert pruner.stats["second_round_pairs"] == len(expected) - 3
         sizes.append(len(expected))
-    assert sizes == sorted(sizes) and sizes[-1] == 30, sizes  # wider error bands re-check more
-    assert any(3 < n < 30 for n in sizes), (
-        sizes
-    )  # ... and in between, some but not all  # an unbounded error re-checks every candidate
+    assert sizes == sorted(sizes) and sizes[-1] == 30, sizes  # wider error bands re-check more ...
+    assert any(3 < n < 30 for n in sizes), sizes  # ... some but not all in between

@@ -64,7 +64,8 @@ class TopKPruner(Ranker):
             candidate with ``cheap + mu + error_z * sd >= t`` is scored in full too. The extra work goes where
             the cheap stage's own measured error says the boundary is still open (DL19 / DL20 with an int8
             twin as cheap stage: ``keep=10, error_z=2`` ~13 full pairs per query, exact top-10 set on 95 %
-            of the queries; docs/benchmarks-speed.md).
+            of the queries; docs/benchmarks-speed.md). The spread needs at least two survivors: with fewer
+            (``keep=1``), or fewer than ``k`` successful full scores, every pruned candidate is re-checked.
         costs: cost of one cheap pair per stage relative to one full pair (for :attr:`stats`); by default a
             stage's ``pruning_cost`` attribute (set by :func:`early_exit`) or 1.0.
     """
@@ -175,18 +176,20 @@ class TopKPruner(Ranker):
 def _second_round(cheap: np.ndarray, full: np.ndarray, alive: np.ndarray, k: int, z: float) -> np.ndarray:
     """The pruned candidates (scored by the last cheap stage, not in ``alive``) that could still reach the
     top ``k`` given the cheap stage's error on the survivors: ``cheap + median(d) + z * sd(d) >= t``, with
-    ``d = full - cheap`` over the survivors and ``t`` the ``k``-th best full score."""
+    ``d = full - cheap`` over the survivors and ``t`` the ``k``-th best full score. Where the error or the
+    boundary cannot be measured (fewer than two usable survivors, fewer than ``k`` full scores, an infinite
+    ``z``), every pruned candidate is re-checked."""
     pruned = np.setdiff1d(np.flatnonzero(~np.isnan(cheap)), alive)
     if not len(pruned):
         return pruned
     got = full[alive]
-    finite = np.isfinite(got) & np.isfinite(cheap[alive])
-    if np.isfinite(got).sum() < k:  # failed full scores: the boundary is unknown, score the rest
+    scored = ~np.isnan(got) & (got > -np.inf)  # NaN / -inf: the full ranker failed on that candidate
+    usable = np.isfinite(got) & np.isfinite(cheap[alive])
+    if scored.sum() < k or usable.sum() < 2 or not np.isfinite(z):
         return pruned
-    d = got[finite] - cheap[alive][finite]
-    sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-    t = np.sort(got[np.isfinite(got)])[-k]
-    return pruned[cheap[pruned] + float(np.median(d)) + z * sd >= t]
+    d = got[usable] - cheap[alive][usable]
+    t = np.sort(got[scored])[-k]
+    return pruned[cheap[pruned] + float(np.median(d)) + z * float(np.std(d, ddof=1)) >= t]
 
 
 def _survivors(scores: np.ndarray, keep: int, margin: float) -> np.ndarray:
