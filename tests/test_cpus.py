@@ -40,6 +40,25 @@ def _tree(tmp_path, files, proc="0::/\n"):
             None,
         ),  # v1 unlimited
         ({"cpu.max": "garbage"}, "0::/\n", None),
+        # a parent's limit binds its children: the tightest on the way up counts
+        (
+            {"kubepods/cpu.max": "200000 100000", "kubepods/pod/cpu.max": "max 100000"},
+            "0::/kubepods/pod\n",
+            2.0,
+        ),
+        ({"a/cpu.max": "100000 100000", "a/b/cpu.max": "400000 100000"}, "0::/a/b\n", 1.0),
+        ({"a/cpu.max": "400000 100000", "a/init.scope/cpu.max": "250000 100000"}, "0::/a/init.scope\n", 2.5),
+        (
+            {
+                "cpu/pod/cpu.cfs_quota_us": "100000",
+                "cpu/pod/cpu.cfs_period_us": "100000",
+                "cpu/pod/c/cpu.cfs_quota_us": "-1",
+                "cpu/pod/c/cpu.cfs_period_us": "100000",
+            },
+            "4:cpu:/pod/c\n",
+            1.0,
+        ),
+        ({"cpu.max": "300000 100000"}, "0::/../..\n", 3.0),  # outside the namespace: the root's limit
         ({}, "", None),  # no cgroup file system
     ],
 )
@@ -64,6 +83,8 @@ def test_the_onnx_engine_sizes_its_workers_from_it(monkeypatch, make_tiny_bert):
     pytest.importorskip("onnxruntime")
     from unirank import Reranker
 
-    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: 1.0)
-    ce = Reranker(f"ce:{make_tiny_bert('seqcls', seed=3)}", device="cpu", backend="onnx")
-    assert ce._onnx.workers == 1
+    path = make_tiny_bert("seqcls", seed=3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for limit, workers in ((None, 4), (1.0, 1), (2.5, 3)):
+        monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda limit=limit: limit)
+        assert Reranker(f"ce:{path}", device="cpu", backend="onnx")._onnx.workers == workers

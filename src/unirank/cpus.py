@@ -40,32 +40,49 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _ancestors(base: Path, rel: str) -> list[Path]:
+    """``base/rel`` and every folder above it up to ``base`` (a limit set on a parent cgroup binds its
+    children too); a path that would leave ``base`` (``..``: a process outside the cgroup namespace)
+    counts as ``base`` itself."""
+    parts = [p for p in rel.split("/") if p and p != "."]
+    if ".." in parts:
+        parts = []
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _quota(text: str | None, period_text: str | None = None) -> float | None:
+    """Cores from a v2 ``cpu.max`` line (``"<quota> <period>"`` / ``"max <period>"``) or a v1 quota /
+    period pair; ``None`` when unlimited or unreadable."""
+    if text is None:
+        return None
+    if period_text is None:
+        quota, _, period_text = text.partition(" ")
+    else:
+        quota = text
+    try:
+        q, p = (float("inf") if quota == "max" else int(quota)), int(period_text or 100000)
+    except ValueError:
+        return None
+    return q / p if 0 < q < float("inf") and p > 0 else None
+
+
 def cgroup_cpu_limit(
     root: str | os.PathLike[str] = "/sys/fs/cgroup", proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup"
 ) -> float | None:
-    """The CPU quota of this process's cgroup in cores (e.g. ``1.5``), or ``None`` when there is none or it
-    cannot be read (not Linux, no cgroup file system, unlimited)."""
+    """The CPU quota of this process's cgroup in cores (e.g. ``1.5``): the tightest one on the way from its
+    own cgroup up to the root, cgroup v2 (``cpu.max``) or else v1 (``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``); ``None`` when there is none or it cannot be read (not Linux, no cgroup file
+    system, unlimited)."""
     root, paths = Path(root), _cgroup_paths(Path(proc_cgroup))
-    rel = paths.get("", "/").lstrip("/")
-    for folder in dict.fromkeys([root / rel, root]):  # cgroup v2: "<quota> <period>" or "max <period>"
-        text = _read(folder / "cpu.max")
-        if text:
-            quota, _, period = text.partition(" ")
-            try:
-                return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
-            except ValueError:
-                return None
-    rel = paths.get("cpu", "/").lstrip("/")
-    for base in (root / "cpu", root / "cpu,cpuacct"):  # cgroup v1
-        for folder in dict.fromkeys([base / rel, base]):
-            quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
-            if quota is not None and period is not None:
-                try:
-                    q, p = int(quota), int(period)
-                except ValueError:
-                    return None
-                return q / p if q > 0 and p > 0 else None
-    return None
+    v2 = [_quota(_read(d / "cpu.max")) for d in _ancestors(root, paths.get("", ""))]
+    v1 = [
+        _quota(_read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us") or "")
+        for base in (root / "cpu", root / "cpu,cpuacct")
+        for d in _ancestors(base, paths.get("cpu", ""))
+        if (d / "cpu.cfs_quota_us").is_file()
+    ]
+    limits = [x for x in (v2 if any(x is not None for x in v2) else v1) if x is not None]
+    return min(limits) if limits else None
 
 
 def available_cores() -> int:
