@@ -74,15 +74,15 @@ def cgroup_cpu_limit(
     ``cpu.cfs_period_us``); ``None`` when there is none or it cannot be read (not Linux, no cgroup file
     system, unlimited)."""
     root, paths = Path(root), _cgroup_paths(Path(proc_cgroup))
-    v2 = [_quota(_read(d / "cpu.max")) for d in _ancestors(root, paths.get("", ""))]
-    v1 = [
-        _quota(_read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us") or "")
-        for base in (root / "cpu", root / "cpu,cpuacct")
-        for d in _ancestors(base, paths.get("cpu", ""))
-        if (d / "cpu.cfs_quota_us").is_file()
-    ]
-    limits = [x for x in (v2 if any(x is not None for x in v2) else v1) if x is not None]
-    return min(limits) if limits else None
+    limits = [_quota(_read(d / "cpu.max")) for d in _ancestors(root, paths.get("", ""))]
+    if all(x is None for x in limits):  # no v2 limit: the v1 hierarchy, if mounted
+        limits = [
+            _quota(_read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us") or "")
+            for base in (root / "cpu", root / "cpu,cpuacct")
+            for d in _ancestors(base, paths.get("cpu", ""))
+            if (d / "cpu.cfs_quota_us").is_file()
+        ]
+    return min((x for x in limits if x is not None), default=None)
 
 
 def available_cores() -> int:
