@@ -127,26 +127,26 @@ def _make_paths(model_dir: Path, paths: Sequence[str], threads: int, workdir: Pa
     from .methods.cross_encoder import CrossEncoderRanker
 
     fns: dict[str, Any] = {}
+    onnx: dict[str | None, Any] = {}  # quantize -> ranker, shared by the onnx paths and the pruned one
+
+    def onnx_ranker(quant: str | None) -> Any:
+        if quant not in onnx:
+            onnx[quant] = CrossEncoderRanker(
+                str(model_dir), device="cpu", backend="onnx", quantize=quant, onnx_threads=threads
+            )
+        return onnx[quant]
+
     for p in paths:
         if p in ("torch", "torch-bf16"):
             r = CrossEncoderRanker(str(model_dir), device="cpu", dtype="bf16" if p == "torch-bf16" else None)
             fns[p] = lambda q, t, r=r: np.array(r.score(q, t))
         elif p in ("onnx", "onnx-int8"):
-            quant = "int8" if p == "onnx-int8" else None
-            r = CrossEncoderRanker(
-                str(model_dir), device="cpu", backend="onnx", quantize=quant, onnx_threads=threads
-            )
+            r = onnx_ranker("int8" if p == "onnx-int8" else None)
             fns[p] = lambda q, t, r=r: np.array(r.score(q, t))
         elif p == "onnx-prune":
             from .strategies.pruning import TopKPruner
 
-            full, cheap = (
-                CrossEncoderRanker(
-                    str(model_dir), device="cpu", backend="onnx", quantize=quant, onnx_threads=threads
-                )
-                for quant in (None, "int8")
-            )
-            pruner = TopKPruner(full, [(cheap, 10)], k=10, error_z=2.0)
+            pruner = TopKPruner(onnx_ranker(None), [(onnx_ranker("int8"), 10)], k=10, error_z=2.0)
             fns[p] = lambda q, t, r=pruner: np.array(r.score(q, t))
         elif p == "st":
             st = require("sentence_transformers", "bench", "sentence-transformers")
