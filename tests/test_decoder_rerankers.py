@@ -145,3 +145,80 @@ def test_bad_score_options():
         Reranker("llm-pointwise:openai:m", base_url="http://127.0.0.1:9/v1", prompt="bge-gemma")
     with pytest.raises(ValueError, match="score="):
         Reranker("llm-pointwise:openai:m", base_url="http://127.0.0.1:9/v1", score="logit")
+
+
+# -- mxbai-rerank-v2: the reference caps on long inputs ---------------------------------------------
+LONG_Q = " ".join(f"why does rain fall from cloud {i}" for i in range(70))  # ~420 tokens
+LONG_DOC = " ".join(f"water vapour condenses into droplet {i} and falls" for i in range(60))  # ~480 tokens
+
+
+def mxbai_reference_ids(tok, query, doc, max_length=8192, model_max=512):
+    """mxbai-rerank 0.1.6 ``MxbaiRerankV2.prepare_inputs`` written out (``max_length`` its constructor's,
+    ``model_max`` the model's ``max_position_embeddings``): template tokens counted once, the query cut to
+    ``max_length * 3 // 4`` tokens, the document to what the window leaves, the pair cut to ``max_length``
+    from the document's end ("only_second"), then the template around it."""
+    prefix, sep, task, suffix = (_enc(tok, PROMPTS["mxbai-v2"].pieces[i]) for i in (0, 2, 5, 6))
+    predefined = len(prefix) + len(task) + len(suffix) + len(sep)
+    if max_length + predefined > model_max:
+        max_length = model_max - predefined
+    q = _enc(tok, f"query: {query}")[: max_length * 3 // 4]
+    d = _enc(tok, f"document: {doc}")[: min(model_max - len(q) - predefined, max_length)]
+    pair = (q + sep + d)[:max_length]  # q + sep never reach max_length: only the document loses tokens
+    return prefix + pair + sep + task + suffix
+
+
+def _mxbai_reference_score(raw, query, doc, **kw):
+    tok = raw[0]
+    logits = _last_logits(raw, mxbai_reference_ids(tok, query, doc, **kw))
+    return float(logits[_enc(tok, "1")[0]] - logits[_enc(tok, "0")[0]])
+
+
+def test_mxbai_v2_default_caps_are_the_references():
+    """The preset's defaults are MxbaiRerankV2's: 8,192 tokens of query + document, 6,144 of query (the case
+    of the report: a 7,000-token query and a 9,200-token document on a 32k-token model)."""
+    from unirank.prompts import cap_pieces
+
+    p = get_prompt("mxbai-v2")
+    assert p.max_pair_tokens == 8192 and p.max_query_tokens is None  # None: 3/4 of the pair cap
+    pieces = [[0] * 30, [1] * 7000, [2], [3] * 9200, [2], [5] * 50, [6] * 5]
+    out = cap_pieces(p, pieces, context=32768)
+    assert len(out[1]) == 6144 and len(out[1]) + len(out[2]) + len(out[3]) == 8192
+    assert out[3] == [3] * (8192 - 6145) and out[0] == pieces[0] and out[5:] == pieces[5:]
+
+
+def test_mxbai_v2_long_inputs_match_the_reference_by_default(tiny_engine, raw):
+    """On a 512-token model the reference lowers its 8,192 to what the window leaves after the template and
+    caps the query at 3/4 of that; unirank's default gives the same ids and scores (a long query used to
+    keep all its tokens while the document was cut to nothing but its first few)."""
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2")
+    cases = [(LONG_Q, LONG_DOC), (Q, LONG_DOC), (LONG_Q, DOCS[0]), (Q, DOCS[1])]
+    for q, d in cases:
+        assert r._piece_ids(q, d) == mxbai_reference_ids(raw[0], q, d)
+    got = [r.score(q, [d])[0] for q, d in cases]
+    np.testing.assert_allclose(got, [_mxbai_reference_score(raw, q, d) for q, d in cases], atol=1e-5)
+    assert len(_enc(raw[0], f"query: {LONG_Q}")) > 400  # the long query really is cut
+
+
+def test_mxbai_v2_scaled_caps_match_the_reference(tiny_engine, raw):
+    """``max_pair_tokens=96`` plays the reference's ``max_length=96`` (query cap 72) inside a 512 window."""
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2", max_pair_tokens=96)
+    docs = [LONG_DOC, DOCS[0], " ".join(LONG_DOC.split()[:60])]
+    for q in (LONG_Q, Q):
+        want = [_mxbai_reference_score(raw, q, d, max_length=96) for d in docs]
+        np.testing.assert_allclose(r.score(q, docs), want, atol=1e-5)
+        assert [len(r._piece_ids(q, d)) for d in docs] == [
+            len(mxbai_reference_ids(raw[0], q, d, max_length=96)) for d in docs
+        ]
+    n_query = len(_enc(raw[0], f"query: {LONG_Q}"))
+    assert len(r._piece_ids(LONG_Q, LONG_DOC)) < len(r._piece_ids(Q, LONG_DOC)) + n_query
+    short_q = Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2", max_query_tokens=10)
+    ids = short_q._piece_ids(LONG_Q, DOCS[0])
+    assert ids == mxbai_reference_ids(raw[0], LONG_Q[: len("why does rain fall from cloud 0 why")], DOCS[0])
+    uncapped = Reranker(
+        "llm-pointwise", engine=tiny_engine, prompt="mxbai-v2", max_pair_tokens=None, max_query_tokens=None
+    )
+    assert len(uncapped._piece_ids(Q, LONG_DOC)) == tiny_engine.max_length  # only the context cuts
+    with pytest.raises(ValueError, match="before any document text"):
+        uncapped.score(LONG_Q + LONG_Q, [LONG_DOC])
+    with pytest.raises(ValueError, match="max_pair_tokens"):
+        Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2", max_pair_tokens=0)

@@ -31,6 +31,7 @@ __all__ = [
     "PROMPTS",
     "ListwisePrompt",
     "PointwisePrompt",
+    "cap_pieces",
     "get_prompt",
     "identifiers",
     "messages_to_text",
@@ -56,6 +57,12 @@ class PointwisePrompt:
     bos: str = "none"
     score: str = "yes-no"  # "yes-no": logit(yes) - logit(no); "yes": the raw logit of the first label
     instruction: str = ""  # fills an ``{instruction}`` field of the template
+    #: with ``pieces``, a reference's token caps (local engines; :func:`cap_pieces`): the pieces from the
+    #: ``{query}`` one through the ``{document}`` one hold at most ``max_pair_tokens`` (lowered to what the
+    #: context leaves after the other pieces) and the ``{query}`` piece at most ``max_query_tokens``
+    #: (``None``: three quarters of the pair cap). ``None`` pair cap: only the context limits.
+    max_pair_tokens: int | None = None
+    max_query_tokens: int | None = None
 
     def render(self, query: str, document: str) -> str:
         return self.template.format(query=query, document=document, instruction=self.instruction)
@@ -107,6 +114,8 @@ _BGE_INSTRUCTION = (
 _BGE_PIECES = ("A: {query}", "\n", "B: {document}", "\n", "{instruction}")
 # mxbai-rerank v2 (pip mxbai-rerank, MxbaiRerankV2): Qwen chat prefix + "query: ..." + "\n" +
 # "document: ..." + "\n" + task prompt + chat suffix, each tokenized alone; score = logit('1') - logit('0').
+# Its caps: "query: ..." keeps its first 6144 tokens, "query: ..." + "\n" + "document: ..." its first 8192
+# (the document's tail goes), both lowered when the context is smaller (see cap_pieces).
 _MXBAI_PIECES = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n",
@@ -162,7 +171,12 @@ PROMPTS: dict[str, PointwisePrompt | ListwisePrompt] = {
         instruction=_BGE_INSTRUCTION,
     ),
     "mxbai-v2": PointwisePrompt(
-        "mxbai-v2", "".join(_MXBAI_PIECES), labels=("1", "0"), label_prefix="", pieces=_MXBAI_PIECES
+        "mxbai-v2",
+        "".join(_MXBAI_PIECES),
+        labels=("1", "0"),
+        label_prefix="",
+        pieces=_MXBAI_PIECES,
+        max_pair_tokens=8192,  # MxbaiRerankV2(max_length=8192); its query cap is max_length * 3 // 4
     ),
     "graded": PointwisePrompt("graded", _GRADED, labels=("0", "1", "2", "3")),
     "query-likelihood": PointwisePrompt("query-likelihood", _QLM, labels=()),
@@ -221,6 +235,48 @@ def get_prompt(prompt: Any, kind: str = "pointwise", **overrides: Any) -> Any:
     if not isinstance(obj, want):
         raise ValueError(f"prompt {getattr(obj, 'name', obj)!r} is not a {kind} prompt")
     return replace(obj, **overrides) if overrides else obj
+
+
+def cap_pieces(prompt: PointwisePrompt, ids: list[list[int]], context: int, head: int = 0) -> list[list[int]]:
+    """Token ids of ``prompt.pieces`` (tokenized alone; any extra trailing pieces count as template) cut as
+    the reference rerankers cut them: the ``{query}`` piece to its first ``max_query_tokens`` tokens, then the
+    ``{document}`` piece from its end until the span from the query's piece through the document's holds at
+    most ``max_pair_tokens``, and until everything plus ``head`` tokens (a BOS) fits ``context``.
+
+    A pair cap larger than the context allows is lowered to ``context - head - other pieces``, and the
+    default query cap follows it (``3 * pair // 4``), which is what mxbai-rerank's ``MxbaiRerankV2`` does
+    with its ``max_length`` (8192) on a model with a shorter window. Raises ``ValueError`` when the document's
+    piece would have to go entirely.
+
+    >>> p = PointwisePrompt("t", "", pieces=("Q:{query}", "|", "D:{document}", "?"), max_pair_tokens=8)
+    >>> cap_pieces(p, [[1] * 9, [2], [3] * 9, [4]], context=100)
+    [[1, 1, 1, 1, 1, 1], [2], [3], [4]]
+    >>> cap_pieces(p, [[1] * 2, [2], [3] * 9, [4]], context=7)
+    [[1, 1], [2], [3, 3, 3], [4]]
+    """
+    out = [list(x) for x in ids]
+    kq = next((i for i, x in enumerate(prompt.pieces) if "{query}" in x), None)
+    kd = next(i for i, x in enumerate(prompt.pieces) if "{document}" in x)
+    ends = (kd, kd if kq is None else kq)
+    span = range(min(ends), max(ends) + 1)
+    fixed = head + sum(len(x) for i, x in enumerate(out) if i not in span)
+    pair = context - fixed
+    if prompt.max_pair_tokens is not None:
+        pair = min(pair, prompt.max_pair_tokens)
+    q_cap = prompt.max_query_tokens
+    if q_cap is None and prompt.max_pair_tokens is not None:
+        q_cap = pair * 3 // 4
+    if kq is not None and kq != kd and q_cap is not None:
+        out[kq] = out[kq][: max(q_cap, 0)]
+    over = sum(len(out[i]) for i in span) - pair
+    if over > 0:
+        if over >= len(out[kd]):
+            raise ValueError(
+                f"the context limit of {context} tokens (query + document: at most {pair}) is too small "
+                f"for this prompt ({prompt.name!r}) before any document text"
+            )
+        out[kd] = out[kd][:-over]
+    return out
 
 
 def identifiers(n: int, style: str = "numeric") -> list[str]:

@@ -11,7 +11,9 @@ Options: ``mode="yesno"`` (default), ``"graded"`` or ``"likelihood"``; ``prompt=
 (yes/no mode) ``"yes-no"`` or ``"yes"`` (default: the prompt's); ``instruction=`` fills the prompt's
 ``{instruction}`` field. Decoder rerankers as their reference code defines them:
 ``prompt="qwen3-reranker"`` (Qwen3-Reranker), ``prompt="bge-gemma"`` (BAAI/bge-reranker-v2-gemma, score
-``"yes"``), ``prompt="mxbai-v2"`` (mixedbread-ai/mxbai-rerank-*-v2). Local engine
+``"yes"``), ``prompt="mxbai-v2"`` (mixedbread-ai/mxbai-rerank-*-v2; with local engines it keeps the
+reference's caps: the query at most 6,144 tokens and query + document at most 8,192, the document's tail
+cut first; ``max_query_tokens=`` / ``max_pair_tokens=`` change them, ``None`` lifts one). Local engine
 options (``gguf_file``, ``device``, ``dtype``, ``max_length``, ``batch_size``) and server options
 (``api_key``, ``timeout``, ``max_retries``, ``concurrency``, ``endpoint="completions"|"chat"``,
 ``top_logprobs``) pass through; ``engine=`` reuses an already built engine.
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..base import PointwiseRanker, _aggregate
-from ..prompts import PointwisePrompt, get_prompt
+from ..prompts import PointwisePrompt, cap_pieces, get_prompt
 from ..types import Document, ScoreKind
 
 __all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "label_logprob"]
@@ -145,6 +147,8 @@ class LLMPointwiseRanker(PointwiseRanker):
         name: str | None = None,
         score: str | None = None,
         instruction: str | None = None,
+        max_query_tokens: int | str | None = "prompt",
+        max_pair_tokens: int | str | None = "prompt",
         **options: Any,
     ) -> None:
         modes = {"yesno": "pointwise", "graded": "graded", "likelihood": "likelihood"}
@@ -169,6 +173,11 @@ class LLMPointwiseRanker(PointwiseRanker):
         over: dict[str, Any] = {"labels": tuple(labels)} if labels is not None else {}
         if instruction is not None:
             over["instruction"] = instruction
+        for key, cap in (("max_query_tokens", max_query_tokens), ("max_pair_tokens", max_pair_tokens)):
+            if cap != "prompt":
+                if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                    raise ValueError(f"{key} must be an integer >= 1 or None, got {cap!r}")
+                over[key] = cap
         self.prompt: PointwisePrompt = get_prompt(prompt or default, modes[mode], **over)
         if mode != "likelihood" and len(self.prompt.labels) < 2:
             raise ValueError(f"mode={mode!r} needs at least two labels, got {self.prompt.labels}")
@@ -205,23 +214,15 @@ class LLMPointwiseRanker(PointwiseRanker):
             return np.arange(len(self.prompt.labels), dtype=np.float64)[::-1]
 
     def _piece_ids(self, query: str, doc: str) -> list[int]:
-        """Token ids of a ``pieces`` prompt: each piece tokenized alone, BOS per ``prompt.bos``; the
-        document's piece is cut from its end when the whole exceeds the context (as the references do)."""
+        """Token ids of a ``pieces`` prompt: each piece tokenized alone, BOS per ``prompt.bos``; the query's
+        and the document's pieces cut to the prompt's caps and the context (:func:`cap_pieces`)."""
         e, tok = self.engine, self.engine.tokenizer
         ids = [e.encode(x, special=False) for x in self.prompt.render_pieces(query, doc)]
         if self._suffix:
             ids.append(e.encode(self._suffix, special=False))
         bos = tok.bos_token_id
         head = [bos] if self.prompt.bos == "auto" and bos is not None and bos != tok.pad_token_id else []
-        over = len(head) + sum(map(len, ids)) - e.max_length
-        if over > 0:
-            k = next(i for i, x in enumerate(self.prompt.pieces) if "{document}" in x)
-            if over >= len(ids[k]):
-                raise ValueError(
-                    f"the context limit of {e.max_length} tokens is too small for this prompt "
-                    f"({self.prompt.name!r}) before any document text"
-                )
-            ids[k] = ids[k][:-over]
+        ids = cap_pieces(self.prompt, ids, e.max_length, len(head))
         return head + [t for x in ids for t in x]
 
     def _finish_labels(self, lp: np.ndarray) -> np.ndarray:
