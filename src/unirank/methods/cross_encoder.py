@@ -10,6 +10,13 @@ with ``trust_remote_code=True``, mxbai-rerank-v1, ms-marco-* ...). Score convent
   ``id2label``) and the score is that label's log-odds ``log(p / (1 - p))``.
 
 Scores are therefore always :attr:`ScoreKind.LOGIT`; ``normalize="auto"`` gives probabilities.
+
+Decoder rerankers with a classification head (Llama / Qwen / Mistral / Gemma ``*ForSequenceClassification``)
+score the last token that is not ``config.pad_token_id``. Their batches are padded with exactly that id: the
+config's ``pad_token_id``, else the tokenizer's pad token, else its eos token, set on both tokenizer and
+config (:func:`unirank.backends.padding.align_pad_token`); a model with none of these is refused with a
+:class:`~unirank.errors.SpecError`. Left-padded batches get position ids that start at each row's first real
+token, so a pair scores the same alone, in any batch, and with either padding side.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf
+from ..backends.padding import align_pad_token, is_decoder_only
 from ..base import PointwiseRanker
 from ..errors import SpecError
 from ..types import ScoreKind
@@ -113,6 +121,10 @@ class CrossEncoderRanker(PointwiseRanker):
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
         )
+        # a decoder's head scores the last token that is not config.pad_token_id: pad with exactly that id
+        self.decoder = is_decoder_only(self.model.config)
+        if self.decoder:
+            align_pad_token(self.tokenizer, self.model.config, required=True)
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
@@ -171,7 +183,7 @@ class CrossEncoderRanker(PointwiseRanker):
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:
         if self._onnx is not None:  # numpy only: this may run in several threads at once
             return _scores_from_logits(self._onnx(batch), self.num_labels, self.label_index)
-        inputs = hf.collate(batch, self.tokenizer, self.device)
+        inputs = hf.collate(batch, self.tokenizer, self.device, position_ids=self.decoder)
         return self._logits_to_scores(self.model(**inputs).logits)
 
     def _split_passages(self, text: str) -> list[str]:
