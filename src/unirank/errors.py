@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["MissingExtraError", "SpecError", "UniRankError", "require"]
+__all__ = ["EvalInputError", "MissingExtraError", "SpecError", "UniRankError", "require"]
 
 
 class UniRankError(Exception):
@@ -14,6 +14,19 @@ class UniRankError(Exception):
 
 class SpecError(UniRankError, ValueError):
     """A reranker spec that cannot be resolved (unknown prefix, unknown model family...)."""
+
+
+class EvalInputError(UniRankError, ValueError):
+    """Evaluation input that would give wrong numbers: a bad run / qrels / queries / corpus file (``path`` and
+    ``line`` say where, when known), or a run, qrels and queries that do not fit together (``qids``)."""
+
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, qids: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.qids = list(qids or [])
 
 
 class MissingExtraError(UniRankError, ImportError):

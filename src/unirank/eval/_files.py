@@ -1,17 +1,27 @@
-"""File plumbing shared by the eval readers and writers: gzip-aware text reading and atomic writes."""
+"""File plumbing shared by the eval readers and writers: gzip-aware text reading and atomic writes.
+
+Reading is strict, so that a damaged file never turns into plausible numbers: every line must be UTF-8 (a
+leading byte-order mark is dropped), and a truncated or corrupt gzip stream is an error. Each of these raises
+:class:`~unirank.errors.EvalInputError` naming the file and, where there is one, the line.
+"""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import io
+import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["PathArg", "atomic_write"]
+from ..errors import EvalInputError
+
+__all__ = ["METADATA_FILE", "PathArg", "atomic_write", "read_metadata"]
 
 #: A filesystem path, or an ``importlib.resources`` Traversable (anything with ``.open`` and ``.name``).
 PathArg = Union[str, "os.PathLike[str]", Any]
@@ -25,22 +35,76 @@ def _as_path(path: PathArg) -> Any:
     raise TypeError(f"expected a path, got {type(path).__name__}")
 
 
-@contextlib.contextmanager
-def _open_text(path: PathArg) -> Iterator[IO[str]]:
-    p = _as_path(path)
-    with p.open("rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw, mode="rb") if p.name.endswith(".gz") else raw
-        with io.TextIOWrapper(stream, encoding="utf-8", newline=None) as text:
-            yield text
+def _bad(where: str, lineno: int, message: str) -> EvalInputError:
+    """The error for a bad line: ``"<file>:<line>: <message>"``, with ``path`` and ``line`` set."""
+    return EvalInputError(f"{where}:{lineno}: {message}", path=where, line=lineno)
+
+
+#: Name of a dataset folder's own metadata file, and the keys it may hold.
+METADATA_FILE = "unirank.json"
+_METADATA_KEYS = ("rel_level", "description")
+
+
+def read_metadata(folder: Any) -> dict[str, Any]:
+    """A dataset folder's ``unirank.json`` (``{}`` if there is none), validated.
+
+    Keys: ``rel_level`` (int >= 1, the minimum grade binary metrics count as relevant: 2 for TREC DL) and
+    ``description`` (free text). Anything else is an error, so that a misspelt key is never ignored.
+    """
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        return {}
+    where = str(path)
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvalInputError(f"{where}: not a valid UTF-8 JSON file ({exc})", path=where) from None
+    if not isinstance(meta, dict):
+        raise EvalInputError(f'{where}: expected a JSON object such as {{"rel_level": 2}}', path=where)
+    unknown = sorted(set(meta) - set(_METADATA_KEYS))
+    if unknown:
+        raise EvalInputError(f"{where}: unknown keys {unknown}; known: {list(_METADATA_KEYS)}", path=where)
+    level = meta.get("rel_level", 1)
+    if isinstance(level, bool) or not isinstance(level, int) or level < 1:
+        raise EvalInputError(f"{where}: rel_level must be an integer >= 1, got {level!r}", path=where)
+    return meta
+
+
+def _decode(data: bytes, where: str, lineno: int) -> str:
+    if lineno == 1 and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvalInputError(
+            f"{where}:{lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte {exc.start + 1} of the "
+            "line); the file must be UTF-8: convert it, e.g. with 'iconv -f latin1 -t utf-8'",
+            path=where,
+            line=lineno,
+        ) from None
 
 
 def _lines(path: PathArg) -> Iterator[tuple[str, int, str]]:
-    """(location label, 1-based line number, stripped line) for every non-blank line."""
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if line:
-                yield str(path), lineno, line
+    """(location label, 1-based line number, stripped line) for every non-blank line.
+
+    Lines end at ``\\n`` (``\\r\\n`` too); each is decoded on its own, so a decoding error names its line.
+    """
+    p = _as_path(path)
+    where = str(path)
+    lineno = 0
+    try:
+        with p.open("rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if p.name.endswith(".gz") else raw
+            for lineno, data in enumerate(stream, 1):
+                line = _decode(data, where, lineno).strip()
+                if line:
+                    yield where, lineno, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise EvalInputError(
+            f"{where}: truncated or corrupt gzip file, unreadable after line {lineno} ({exc})",
+            path=where,
+            line=lineno + 1,
+        ) from None
 
 
 @contextlib.contextmanager

@@ -66,7 +66,8 @@ def load_dataset(
     """Load a bundled dataset by name, or a BEIR-style folder by path.
 
     ``rel_level`` (the minimum grade counted relevant by binary metrics) defaults to the dataset's convention:
-    2 for TREC DL, 1 otherwise.
+    2 for the bundled TREC DL set, 1 for SciFact; for a folder, the ``rel_level`` of its ``unirank.json``
+    (``{"rel_level": 2}``), else 1.
 
     >>> ds = load_dataset("trec-dl-2019")
     >>> len(ds.queries), ds.rel_level, sorted(ds.runs)
@@ -83,4 +84,4 @@ def load_dataset(
             f"unknown dataset {str(name_or_path)!r}: not a bundled name {available_datasets()} "
             "and not a folder"
         )
-    return load_beir(path, split=split, rel_level=1 if rel_level is None else rel_level)
+    return load_beir(path, split=split, rel_level=rel_level)

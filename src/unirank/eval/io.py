@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..types import Document, RankedResults, _doc_from_mapping
-from ._files import PathArg, _as_path, _check_token, _lines, atomic_write
+from ._files import PathArg, _as_path, _bad, _check_token, _lines, atomic_write, read_metadata
 
 __all__ = [
     "Dataset",
@@ -64,22 +64,23 @@ def read_trec_run(path: PathArg) -> Run:
     for where, lineno, line in _lines(path):
         parts = line.split()
         if len(parts) != 6:
-            raise ValueError(
-                f"{where}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
-                f"got {len(parts)}: {line[:80]!r}"
+            raise _bad(
+                where,
+                lineno,
+                f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}: {line[:80]!r}",
             )
         qid, _, docid, rank_s, score_s, _ = parts
         try:
             rank, score = int(rank_s), float(score_s)
         except ValueError:
-            raise ValueError(
-                f"{where}:{lineno}: rank must be an integer and score a number, "
-                f"got {rank_s!r} and {score_s!r}"
+            raise _bad(
+                where, lineno, f"rank must be an integer and score a number, got {rank_s!r} and {score_s!r}"
             ) from None
         if (qid, docid) in seen:
-            raise ValueError(
-                f"{where}:{lineno}: document {docid!r} repeated for query {qid!r} "
-                f"(first at line {seen[qid, docid]})"
+            raise _bad(
+                where,
+                lineno,
+                f"document {docid!r} repeated for query {qid!r} (first at line {seen[qid, docid]})",
             )
         seen[qid, docid] = lineno
         rows.setdefault(qid, []).append((rank, -score, lineno, docid))
@@ -106,6 +107,11 @@ def read_qrels(path: PathArg) -> dict[str, dict[str, int]]:
     """Read TREC qrels (``qid 0 docid grade``) or BEIR tsv qrels (``query-id corpus-id score``, header
     optional).
 
+    Every line of a file must have the same number of fields. A 3-field line whose second field is ``0`` (or
+    ``Q0``) in a file without the BEIR header is refused: it is what a TREC qrels line with its grade missing
+    looks like, and with numeric document ids it would otherwise be misread. (A BEIR file with a document
+    really called ``0`` needs its header line.)
+
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "test.tsv")
     >>> _ = open(p, "w").write("query-id\\tcorpus-id\\tscore\\nq1\\td1\\t2\\n")
@@ -113,30 +119,43 @@ def read_qrels(path: PathArg) -> dict[str, dict[str, int]]:
     {'q1': {'d1': 2}}
     """
     qrels: dict[str, dict[str, int]] = {}
+    width: tuple[int, int] | None = None  # (fields per line, first line with that many)
+    header = False
     for where, lineno, line in _lines(path):
         parts = line.split()
-        if len(parts) == 3 and parts[0].lower() in ("query-id", "query_id", "qid") and not qrels:
-            continue  # BEIR header
-        if len(parts) == 3:
-            qid, docid, grade_s = parts
-        elif len(parts) == 4:
-            qid, _, docid, grade_s = parts
-        else:
-            raise ValueError(
-                f"{where}:{lineno}: expected 'qid 0 docid grade' or 'qid docid grade', "
-                f"got {len(parts)} fields: {line[:80]!r}"
+        if width is None and not header and len(parts) == 3 and parts[0].lower() in _QRELS_HEADER:
+            header = True
+            continue
+        n = len(parts)
+        if n not in (3, 4):
+            msg = f"expected 'qid 0 docid grade' or 'qid docid grade', got {n} fields: {line[:80]!r}"
+            raise _bad(where, lineno, msg)
+        if width is None:
+            width = (n, lineno)
+        elif n != width[0]:
+            msg = (
+                f"{n} fields, but line {width[1]} has {width[0]}: a qrels file is either 'qid 0 docid grade' "
             )
+            raise _bad(
+                where, lineno, msg + f"or 'qid docid grade' on every line (grade missing?): {line[:80]!r}"
+            )
+        if n == 3 and not header and parts[1] in ("0", "Q0"):
+            msg = f"{line[:80]!r} looks like a TREC qrels line 'qid 0 docid grade' with its grade missing; "
+            msg += "a BEIR qrels line is 'query-id corpus-id score' (if the document id really is "
+            raise _bad(where, lineno, msg + f"{parts[1]!r}, start the file with the BEIR header line)")
+        qid, docid, grade_s = (parts[0], parts[1], parts[2]) if len(parts) == 3 else (parts[0], *parts[2:])
         try:
             grade = int(grade_s)
         except ValueError:
-            raise ValueError(
-                f"{where}:{lineno}: relevance grade must be an integer, got {grade_s!r}"
-            ) from None
+            raise _bad(where, lineno, f"relevance grade must be an integer, got {grade_s!r}") from None
         old = qrels.setdefault(qid, {}).get(docid)
         if old is not None and old != grade:
-            raise ValueError(f"{where}:{lineno}: conflicting grades {old} and {grade} for ({qid}, {docid})")
+            raise _bad(where, lineno, f"conflicting grades {old} and {grade} for ({qid}, {docid})")
         qrels[qid][docid] = grade
     return qrels
+
+
+_QRELS_HEADER = ("query-id", "query_id", "qid")
 
 
 def write_qrels(
@@ -166,9 +185,9 @@ def _json_line(where: str, lineno: int, line: str) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}:{lineno}: invalid JSON ({exc.msg})") from None
+        raise _bad(where, lineno, f"invalid JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        raise _bad(where, lineno, f"expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
@@ -182,14 +201,14 @@ def read_queries(path: PathArg) -> dict[str, str]:
             qid = next((obj[k] for k in ("_id", "id", "qid", "query_id") if k in obj), None)
             text = next((obj[k] for k in ("text", "query") if k in obj), None)
             if qid is None or not isinstance(text, str):
-                raise ValueError(f"{where}:{lineno}: a query needs '_id' and a string 'text'")
+                raise _bad(where, lineno, "a query needs '_id' and a string 'text'")
         else:
             if "\t" not in line:
-                raise ValueError(f"{where}:{lineno}: expected 'qid<TAB>text', got {line[:80]!r}")
+                raise _bad(where, lineno, f"expected 'qid<TAB>text', got {line[:80]!r}")
             qid, text = line.split("\t", 1)
         qid = str(qid)
         if qid in out:
-            raise ValueError(f"{where}:{lineno}: query id {qid!r} repeated")
+            raise _bad(where, lineno, f"query id {qid!r} repeated")
         out[qid] = text.strip()
     return out
 
@@ -208,7 +227,7 @@ def read_corpus(path: PathArg) -> dict[str, Document]:
             try:
                 doc = _doc_from_mapping(obj, lineno)
             except TypeError as exc:
-                raise ValueError(f"{where}:{lineno}: {exc}") from None
+                raise _bad(where, lineno, f"{exc}") from None
         else:
             parts = line.split("\t")
             if len(parts) == 2:
@@ -216,11 +235,11 @@ def read_corpus(path: PathArg) -> dict[str, Document]:
             elif len(parts) == 3:
                 doc = _doc_from_mapping({"_id": parts[0], "title": parts[1], "text": parts[2]}, lineno)
             else:
-                raise ValueError(f"{where}:{lineno}: expected 'id<TAB>text' or 'id<TAB>title<TAB>text'")
+                raise _bad(where, lineno, "expected 'id<TAB>text' or 'id<TAB>title<TAB>text'")
         if doc.id is None:
-            raise ValueError(f"{where}:{lineno}: document without an id ('_id')")
+            raise _bad(where, lineno, "document without an id ('_id')")
         if doc.id in out:
-            raise ValueError(f"{where}:{lineno}: document id {doc.id!r} repeated")
+            raise _bad(where, lineno, f"document id {doc.id!r} repeated")
         out[doc.id] = doc
     return out
 
@@ -278,9 +297,14 @@ def _first_existing(folder: Any, names: Sequence[str]) -> Any | None:
 _RUN_SUFFIXES = (".trec.gz", ".run.gz", ".trec", ".run")
 
 
-def load_beir(folder: PathArg, split: str = "test", rel_level: int = 1, name: str | None = None) -> Dataset:
+def load_beir(
+    folder: PathArg, split: str = "test", rel_level: int | None = None, name: str | None = None
+) -> Dataset:
     """Load a BEIR-style folder: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``,
-    ``runs/*.trec``.
+    ``runs/*.trec``, and the folder's own ``unirank.json`` if present.
+
+    ``rel_level`` (the minimum grade binary metrics count as relevant) is, in order: the argument, the
+    ``rel_level`` of the folder's ``unirank.json`` (e.g. ``{"rel_level": 2}`` for a TREC DL folder), 1.
 
     Queries are restricted to those judged in the split's qrels (as BEIR does); without a qrels file every
     query is kept. Runs are registered by file name without suffix (``runs/bm25.top100.trec`` ->
@@ -289,6 +313,12 @@ def load_beir(folder: PathArg, split: str = "test", rel_level: int = 1, name: st
     root = _as_path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {folder}")
+    if rel_level is None:
+        rel_level = int(read_metadata(root).get("rel_level", 1))
+    elif isinstance(rel_level, bool) or not isinstance(rel_level, int) or rel_level < 1:
+        raise ValueError(f"rel_level must be an integer >= 1, got {rel_level!r}")
+    else:
+        read_metadata(root)  # still validated: a broken metadata file is never ignored
     corpus_file = _first_existing(root, ["corpus.jsonl", "corpus.jsonl.gz", "corpus.tsv", "corpus.tsv.gz"])
     queries_file = _first_existing(root, ["queries.jsonl", "queries.jsonl.gz", "queries.tsv", "topics.tsv"])
     if corpus_file is None or queries_file is None:

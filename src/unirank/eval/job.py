@@ -11,6 +11,15 @@ Contract of a re-ranked run (what :func:`rerank_run` returns and :func:`eval_job
   trec_eval-style evaluation (:func:`~unirank.eval.metrics.evaluate`) breaks such ties by document id.
 - Queries with no text in ``dataset.queries`` are left out, with a warning giving their count.
 
+What :func:`eval_job` refuses, since each would bias the comparison (:class:`~unirank.errors.EvalInputError`):
+
+- a judged query with no (or only blank) text, when a ranker is given: the first-stage row would score it
+  and the re-ranked row give it 0. ``skip_queries_without_text=True`` leaves such queries out of every row
+  (the means run over the rest; :func:`eval_header` says how many were skipped);
+- a run none of whose queries is judged (see :func:`~unirank.eval.metrics.evaluate`).
+
+With ``ranker=None`` the run is evaluated as it is: one row, no model, no query text needed.
+
 Failure contract: queries are scored in batches of ``batch_queries``. If a batch raises, the queries of
 earlier batches are kept: :func:`rerank_run` raises :class:`PartialRunError` whose ``.run`` holds them and
 whose ``.failed_qids`` lists the rest; :func:`eval_job` additionally writes them (atomically) to
@@ -28,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from ..errors import UniRankError
+from ..errors import EvalInputError, UniRankError
 from .io import Dataset, Run, run_to_candidates, write_trec_run
 from .metrics import DEFAULT_METRICS, EvalResult, evaluate, format_table
 
@@ -36,7 +45,14 @@ if TYPE_CHECKING:
     from ..base import Ranker
     from ..types import Document, RankedResults
 
-__all__ = ["PartialRunError", "eval_job", "rerank_run"]
+__all__ = [
+    "PartialRunError",
+    "check_query_text",
+    "eval_header",
+    "eval_job",
+    "queries_without_text",
+    "rerank_run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -185,12 +201,57 @@ def rerank_run(
     return out
 
 
+def queries_without_text(dataset: Dataset) -> list[str]:
+    """Judged queries (in ``dataset.qrels``) whose text is missing from ``dataset.queries`` or blank."""
+    return [q for q in dataset.qrels if not dataset.queries.get(q, "").strip()]
+
+
+def check_query_text(dataset: Dataset, skip: bool = False) -> list[str]:
+    """The judged queries without text; raises :class:`EvalInputError` naming them unless ``skip``."""
+    missing = queries_without_text(dataset)
+    if missing and not skip:
+        raise EvalInputError(
+            f"{len(missing)} judged queries of dataset {dataset.name!r} have no text: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}; they cannot be re-ranked, and scoring them in one row "
+            "but not the other biases the comparison. Add their text, or skip them in every row "
+            "(--skip-queries-without-text, or skip_queries_without_text=True)",
+            qids=missing,
+        )
+    return missing
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def eval_header(dataset: Dataset, label: str, result: EvalResult, depth: int | None = None) -> str:
+    """Two lines that say what a table's numbers are over: judged queries, those with text, the queries the
+    means run over, how many run queries were judged, the relevance level and the re-ranking depth.
+
+    >>> ds = Dataset("toy", {}, {"q1": "rain", "q2": ""}, {"q1": {"d": 2}, "q2": {"d": 1}}, rel_level=2)
+    >>> res = evaluate(ds.qrels, {"q1": [("d", 1.0)], "x": [("d", 1.0)]}, ["AP"], 2)
+    >>> print(eval_header(ds, "bm25", res, 100))
+    toy: 2 judged queries, 1 with text; means over 2 judged queries
+    run bm25: 1 of 2 run queries judged; binary metrics count grade >= 2 (rel_level 2); re-ranking depth 100
+    """
+    with_text = len(dataset.qrels) - len(queries_without_text(dataset))
+    first = f"{dataset.name}: {len(dataset.qrels)} judged queries, {with_text} with text; "
+    first += f"means over {_plural(result.num_queries, 'judged query', 'judged queries')}"
+    if result.skipped_queries:
+        n = len(result.skipped_queries)
+        first += f" ({_plural(n, 'judged query', 'judged queries')} without text skipped in every row)"
+    level = result.rel_level
+    second = f"run {label}: {result.judged_run_queries} of {result.run_queries} run queries judged; "
+    second += f"binary metrics count grade >= {level} (rel_level {level})"
+    return first + "\n" + second + (f"; re-ranking depth {depth}" if depth is not None else "")
+
+
 def _run_tag(ranker: Ranker) -> str:
     return re.sub(r"\s+", "_", ranker.name.strip()) or "unirank"
 
 
 def eval_job(
-    ranker: Ranker,
+    ranker: Ranker | None,
     dataset: Dataset | str,
     run_name_or_path: RunArg,
     depth: int = 100,
@@ -199,15 +260,34 @@ def eval_job(
     *,
     batch_queries: int = 16,
     show_progress: bool = True,
+    rel_level: int | None = None,
+    skip_queries_without_text: bool = False,
 ) -> tuple[str, dict[str, EvalResult]]:
     """Evaluate a first-stage run and its re-ranking by ``ranker``; return ``(table, results)``.
 
     ``results`` maps the row labels of the table (``"<run>"`` and ``"<run> >> <ranker>@<depth>"``) to
-    :class:`~unirank.eval.metrics.EvalResult`. With ``out_path`` the re-ranked run is written atomically (a
-    stale ``out_path + ".partial"`` is then removed); on failure see the module docstring.
+    :class:`~unirank.eval.metrics.EvalResult`. With ``ranker=None`` there is one row, the run as it is.
+    ``rel_level`` overrides ``dataset.rel_level``. With ``out_path`` the re-ranked run is written atomically
+    (a stale ``out_path + ".partial"`` is then removed); on failure see the module docstring, and for what is
+    refused, and ``skip_queries_without_text``, too. :func:`eval_header` describes the table.
     """
     ds, first, label = _prepare(dataset, run_name_or_path, depth, batch_queries)
-    first_res = evaluate(ds.qrels, first, metrics, ds.rel_level)
+    level = ds.rel_level if rel_level is None else rel_level
+    if ranker is None and out_path is not None:
+        raise ValueError("out_path needs a ranker: with ranker=None nothing is re-ranked")
+    no_text = check_query_text(ds, skip=skip_queries_without_text or ranker is None)
+    skipped = no_text if skip_queries_without_text else []
+    qrels = {q: v for q, v in ds.qrels.items() if q not in set(skipped)} if skipped else ds.qrels
+    if skipped:
+        logger.warning(
+            "%d judged queries without text are left out of every row: %s", len(skipped), skipped[:10]
+        )
+    first_res = evaluate(qrels, first, metrics, level)
+    first_res.skipped_queries = list(skipped)
+    if ranker is None:
+        table = format_table({label: first_res.aggregate})
+        logger.info("%s\n%s\n%s", ds.name, eval_header(ds, label, first_res), table)
+        return table, {label: first_res}
     plan = _Plan(ds, first, depth)
     tag = _run_tag(ranker)
     logger.info(
@@ -249,8 +329,9 @@ def eval_job(
         if stale.exists():
             stale.unlink()
             logger.info("removed stale partial run %s", stale)
-    reranked_res = evaluate(ds.qrels, out, metrics, ds.rel_level)
+    reranked_res = evaluate(qrels, out, metrics, level)
+    reranked_res.skipped_queries = list(skipped)
     rows: dict[str, Any] = {label: first_res, f"{label} >> {ranker.name}@{depth}": reranked_res}
     table = format_table({name: res.aggregate for name, res in rows.items()})
-    logger.info("%s\n%s", ds.name, table)
+    logger.info("%s\n%s", eval_header(ds, label, first_res, depth), table)
     return table, rows

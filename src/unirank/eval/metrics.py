@@ -12,21 +12,29 @@ Conventions (the same as ``trec_eval -c``):
   ``k``), with the same tie-breaking as the other metrics.
 
 Metric names: ``nDCG@k``, ``RR@k`` / ``MRR@k`` / ``RR``, ``AP`` / ``MAP`` / ``AP@k``, ``R@k`` / ``Recall@k``,
-``P@k`` / ``Precision@k`` (case-insensitive), or any other ``ir_measures`` measure string such as
-``"AP(rel=3)"`` or ``"Judged@10"``, passed through unchanged (no ``rel_level`` added).
+``P@k`` / ``Precision@k`` (case-insensitive), or any other ``ir_measures`` measure string such as ``"infAP"``,
+``"Bpref"``, ``"Judged@10"`` or ``"AP(rel=3)"``. ``rel_level`` reaches every measure whose relevance threshold
+defaults to 1 (``infAP`` becomes ``infAP(rel=2)`` at level 2), unless the name sets ``rel=`` itself; graded
+measures (nDCG, and RBP / NumRet, whose ``rel`` is unset by default) are left as they are.
+
+A run none of whose queries is judged is an error (:class:`~unirank.errors.EvalInputError`), never a table of
+zeros; :class:`EvalResult` records how many run queries were judged.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import require
+from ..errors import EvalInputError, require
 
 __all__ = ["DEFAULT_METRICS", "EvalResult", "evaluate", "format_table", "parse_metric"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS: tuple[str, ...] = ("nDCG@10", "RR@10", "AP", "R@100", "P@10")
 
@@ -58,23 +66,24 @@ def parse_metric(name: str, rel_level: int = 1) -> tuple[Any, int | None]:
     'R@100'
     """
     irm = require("ir_measures", "eval", "ir-measures")
+    if isinstance(rel_level, bool) or not isinstance(rel_level, int) or rel_level < 1:
+        raise ValueError(f"rel_level must be an integer >= 1, got {rel_level!r}")
     match = _NAME_RE.match(name)
     if "(" in name or not match or match.group(1).lower() not in _ALIASES:
-        try:  # any other ir_measures measure, passed through unchanged (no rel level added)
-            return irm.parse_measure(name), None
+        try:  # any other ir_measures measure
+            measure = irm.parse_measure(name)
         except Exception:
             raise ValueError(
                 f"unknown metric {name!r}; use e.g. nDCG@10, RR@10, MRR@10, AP, MAP, R@100, P@10, "
-                "or an ir_measures measure such as 'AP(rel=3)' or 'Judged@10'"
+                "or an ir_measures measure such as 'infAP', 'AP(rel=3)' or 'Judged@10'"
             ) from None
+        return _with_rel_level(measure, name, rel_level), None
     base, binary, needs_cutoff = _ALIASES[match.group(1).lower()]
     cutoff = int(match.group(2)) if match.group(2) else None
     if cutoff is not None and cutoff < 1:
         raise ValueError(f"metric {name!r}: the cutoff must be >= 1")
     if needs_cutoff and cutoff is None:
         raise ValueError(f"metric {name!r} needs a cutoff, e.g. {base}@100")
-    if rel_level < 1:
-        raise ValueError(f"rel_level must be >= 1, got {rel_level}")
     measure = getattr(irm, base)
     if binary and rel_level != 1:
         measure = measure(rel=rel_level)
@@ -83,18 +92,40 @@ def parse_metric(name: str, rel_level: int = 1) -> tuple[Any, int | None]:
     return (measure @ cutoff if cutoff is not None else measure), None
 
 
+_EXPLICIT_REL = re.compile(r"\brel\s*=")
+
+
+def _with_rel_level(measure: Any, name: str, rel_level: int) -> Any:
+    """``measure`` with ``rel=rel_level`` where its relevance threshold is the default 1 and ``name`` does not
+    set ``rel=`` itself. Measures whose ``rel`` is unset by default (RBP: graded; NumRet: every document)
+    keep their meaning."""
+    param = measure.SUPPORTED_PARAMS.get("rel")
+    if rel_level == 1 or param is None or _EXPLICIT_REL.search(name):
+        return measure
+    current = measure.params.get("rel", param.default)
+    if isinstance(current, int) and not isinstance(current, bool) and current == 1:
+        return measure(rel=rel_level)
+    return measure
+
+
 @dataclass
 class EvalResult:
     """Aggregate (mean over judged queries) and per-query metric values.
 
-    ``per_query[metric][qid]`` holds each judged query's value; ``missing_queries`` lists judged queries
-    that the run did not rank (they count as 0).
+    ``per_query[metric][qid]`` holds each judged query's value (the means run over these
+    :attr:`num_queries` queries); ``missing_queries`` lists judged queries that the run did not rank (they
+    count as 0). ``run_queries`` is the number of queries in the run, ``judged_run_queries`` how many of them
+    are judged. ``skipped_queries`` lists judged queries the caller left out of the means (see
+    :func:`~unirank.eval.job.eval_job`'s ``skip_queries_without_text``).
     """
 
     aggregate: dict[str, float]
     per_query: dict[str, dict[str, float]]
     rel_level: int = 1
     missing_queries: list[str] = field(default_factory=list)
+    run_queries: int = 0
+    judged_run_queries: int = 0
+    skipped_queries: list[str] = field(default_factory=list)
 
     def __getitem__(self, metric: str) -> float:
         return self.aggregate[metric]
@@ -113,6 +144,9 @@ class EvalResult:
             "per_query": {m: dict(v) for m, v in self.per_query.items()},
             "rel_level": self.rel_level,
             "missing_queries": list(self.missing_queries),
+            "run_queries": self.run_queries,
+            "judged_run_queries": self.judged_run_queries,
+            "skipped_queries": list(self.skipped_queries),
         }
 
 
@@ -169,7 +203,19 @@ def evaluate(
         raise ValueError(f"metric names repeated: {names}")
     judged = {str(q): {str(d): int(g) for d, g in docs.items()} for q, docs in qrels.items()}
     if not judged:
-        raise ValueError("qrels are empty; nothing to evaluate")
+        raise EvalInputError("qrels are empty; nothing to evaluate")
+    run_qids = [str(q) for q in run]
+    n_judged = sum(1 for q in run_qids if q in judged)
+    if not run_qids:
+        raise EvalInputError("the run has no queries; nothing to evaluate")
+    if n_judged == 0:
+        raise EvalInputError(
+            f"none of the run's {len(run_qids)} queries is judged: no run query id (e.g. {run_qids[:3]}) is "
+            f"in the qrels (e.g. {sorted(judged)[:3]}); wrong qrels file, or query ids written differently?",
+            qids=run_qids,
+        )
+    if n_judged < len(run_qids):
+        logger.info("%d of %d run queries are judged; the others are ignored", n_judged, len(run_qids))
     scores = _as_score_dict(run, judged)
 
     groups: dict[int | None, dict[Any, list[str]]] = {}
@@ -189,7 +235,7 @@ def evaluate(
     n = len(judged)
     aggregate = {name: math.fsum(per_query[name].values()) / n for name in names}
     missing = sorted(q for q in judged if q not in scores)
-    return EvalResult(aggregate, per_query, rel_level, missing)
+    return EvalResult(aggregate, per_query, rel_level, missing, len(run_qids), n_judged)
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]], label: str = "run") -> str:
