@@ -11,8 +11,11 @@ max |ours - reference| = 1.7e-7 on one block of 6 documents, 2.5e-7 with ``max_d
 max_query_length=5``, 2.1e-7 on two blocks (``blocks="reference", max_length=2145``), fp32, torch 2.13 CPU;
 the reference ran under the transformers it targets (4.57.1, throwaway venv, checkpoint's tied config as is)
 and under 5.24 (``tie_word_embeddings=False`` at load: 5.x cannot tie its Identity lm_head): same figures.
-With ``blocks="fit"`` (default) the same 6 documents split [0..2], [3..5] where the reference splits [0, 1],
-[2..5], and scores move by up to 1.4e-3: block boundaries matter, the merge rule does not differ.
+The issue-14 check (tiny random weights, fp32 CPU, transformers 4.57): max |ours - modeling.py| = 1.5e-7.
+``blocks="reference"`` is the default; with ``blocks="fit"`` the same 6 documents split [0..2], [3..5] where
+the reference splits [0, 1], [2..5], and scores move by up to 1.4e-3 (0.027 and another order were seen
+near a full window): block boundaries matter, the merge rule does not differ. The side-by-side is
+``benchmarks/parity/run_parity.py`` (see ``tests/test_reference_parity.py`` for the command).
 """
 
 from __future__ import annotations
@@ -175,7 +178,7 @@ def test_reference_block_rule(ckpt, oracle):
 
 def test_blocks_fit_max_length_and_batches_do_not_change_scores(ckpt):
     docs = ["short", "mid length text here", "a somewhat longer document " * 6, "tail doc", "x" * 150]
-    r = Reranker(f"jina-v3:{ckpt}", dtype="fp32", max_length=760, batch_size=1)
+    r = Reranker(f"jina-v3:{ckpt}", dtype="fp32", max_length=760, batch_size=1, blocks="fit")
     lengths = []
     hook = r.model.register_forward_pre_hook(
         lambda m, a, kw: lengths.extend(kw["attention_mask"].sum(-1).tolist()), with_kwargs=True
@@ -188,13 +191,18 @@ def test_blocks_fit_max_length_and_batches_do_not_change_scores(ckpt):
     assert blocks == [[0, 1], [2], [3], [4]] and max(lengths) <= 760  # the prompt alone is 638 tokens
     assert texts[4] == "x" * 90  # a document longer than the room left in a window is cut to fit
     batched = Reranker(
-        f"jina-v3:{ckpt}", dtype="fp32", max_length=760, batch_size=8, max_tokens_per_batch=100_000
+        f"jina-v3:{ckpt}",
+        dtype="fp32",
+        max_length=760,
+        batch_size=8,
+        max_tokens_per_batch=100_000,
+        blocks="fit",
     )
     for a, b in zip(single, batched.rank_many([Q, "cats?"], [docs, docs[:2]])):
         assert a.ids == b.ids  # left padding with explicit positions: batch-mates never change a score
         np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=1e-5)
     with pytest.raises(ValueError, match="too small"):
-        Reranker(f"jina-v3:{ckpt}", dtype="fp32", max_length=64).score(Q, docs)
+        Reranker(f"jina-v3:{ckpt}", dtype="fp32", max_length=64, blocks="fit").score(Q, docs)
 
 
 def test_truncation_decodes_the_first_tokens(ckpt, oracle):
@@ -249,3 +257,65 @@ def test_bare_folder_resolves_from_its_architecture(ckpt):
     from unirank.registry import resolve
 
     assert resolve(str(ckpt)).method.prefix == "jina-v3"
+
+
+def reference_rerank(
+    tok, oracle, query, docs, window, max_query_length=512, max_doc_length=2048, block_size=125
+):
+    """The checkpoint's ``JinaForRanking.rerank`` written out: texts cut to their first tokens (decoded when
+    at the cap), blocks closed once ``block_size`` documents are in or at most ``max_doc_length`` of
+    ``window - 2 * query tokens`` remain (``window``: the tokenizer's ``model_max_length``), block query
+    embeddings averaged with weights ``max((1 + cos) / 2)``, cosine against that. Returns (scores, blocks)."""
+
+    def cut(text, cap):
+        ids = tok(text)["input_ids"][:cap]
+        return (tok.decode(ids) if len(ids) >= cap else text), len(ids)
+
+    query, q_len = cut(query, max_query_length)
+    texts, lengths = zip(*(cut(d, max_doc_length) for d in docs))
+    blocks, block, capacity = [], [], window - 2 * q_len
+    for i, n in enumerate(lengths):
+        block.append(i)
+        capacity -= n
+        if len(block) >= block_size or capacity <= max_doc_length:
+            blocks.append(block)
+            block, capacity = [], window - 2 * q_len
+    if block:
+        blocks.append(block)
+    embs = [oracle(query, [texts[i] for i in b]) for b in blocks]
+    weights = [((1 + cos(q, d)) / 2).max() for q, d in embs]
+    merged = np.average(np.stack([q for q, _ in embs]), axis=0, weights=weights)
+    return cos(merged, np.concatenate([d for _, d in embs])), blocks
+
+
+def test_default_blocks_are_the_references_near_a_full_window(ckpt, oracle, tmp_path, caplog):
+    """A tokenizer window of 2600 tokens (byte-level: 1 token per byte) and the reference's own 512 / 2048 /
+    125: a 500-token document leaves 2066 > 2048 of the capacity 2600 - 2 * 17, the next (2100 bytes, cut to
+    2048) closes the block, whose prompt runs past the window as the reference's does; 51 + 17 + 640 tokens
+    close the next. The default equals the reference to 1e-5; ``blocks="fit"`` splits elsewhere and scores
+    differently."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "window-2600"
+    shutil.copytree(ckpt, path)
+    cfg_file = path / "tokenizer_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "model_max_length": 2600}))
+    tok = AutoTokenizer.from_pretrained(path)
+    docs = [
+        "Rain: " + "condensation of water vapour in clouds. " * 12,
+        "Weather " * 262 + "ends here",
+        *DOCS,
+        "The sun is hot. " * 40,
+        "Snow is frozen rain.",
+    ]
+    want, want_blocks = reference_rerank(tok, oracle, Q, docs, window=2600)
+    r = Reranker(f"jina-v3:{path}", dtype="fp32")
+    assert r.max_length == 2600 and r.blocks == "reference"
+    assert r.plan(Q, docs)[2] == want_blocks == [[0, 1], [2, 3, 4], [5]]
+    with caplog.at_level("WARNING", logger="unirank.methods.listwise_encoder"):
+        got = np.array(r.score(Q, docs))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert "tokens > max_length=2600" in caplog.text  # visible, not silent
+    fit = Reranker(f"jina-v3:{path}", dtype="fp32", blocks="fit")
+    assert fit.plan(Q, docs)[2] != want_blocks
+    assert np.abs(np.array(fit.score(Q, docs)) - want).max() > 1e-3

@@ -15,19 +15,21 @@ passages from 1 and quotes a 256-d output: the released code numbers from 0 and 
     <query>\\n{query}<|rerank_token|>\\n</query><|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n
 
 Attention is causal, so a document's embedding sees only what precedes it (its position matters) while the
-query embedding sees every document. More documents than fit one window are split into blocks in input
-order: a block ends when the next document would overflow ``max_length`` tokens (counted on the real prompt)
-or holds ``block_size`` documents. The reference ``rerank()`` estimates instead, ending a block once fewer
-than ``max_doc_length`` of ``max_length - 2 * query tokens`` remain (its prompts may then overflow), so near
-a full window its blocks differ; ``blocks="reference"`` reproduces that rule exactly. As in the reference,
-each block yields its own query embedding, these are averaged with weights ``max over the block of
-(1 + cos) / 2``, and every document is scored against that merged query (:func:`merge_blocks`). Queries are
-cut to ``max_query_length`` tokens and documents to ``max_doc_length`` (reference: 512 and 2048), and with
-``blocks="fit"`` further to what an otherwise empty window has room for, by decoding their first tokens;
-the two special token strings are removed from all input text first.
-
-The backbone is transformers' own ``Qwen3Model`` (``trust_remote_code`` never runs the checkpoint's code for
-it) and the projector is read from the safetensors weights.
+query embedding sees every document. More documents than one prompt takes are split into blocks in input
+order. The default, ``blocks="reference"``, is the reference ``rerank()``'s rule, so scores equal the
+authors' code on any list: documents are cut to ``max_doc_length`` tokens and the query to
+``max_query_length`` (reference: 2048 and 512, first tokens, decoded), and a block ends once it holds
+``block_size`` documents (125) or fewer than ``max_doc_length`` of ``W - 2 * query tokens`` remain, ``W``
+being ``max_length`` when given, else the tokenizer's ``model_max_length`` (the reference's window). That is
+an estimate: the passage markup and the instructions are not counted, so a block's prompt can run past the
+window by a few tokens per document plus the system prompt (unirank warns, and runs it, as the reference
+does). ``blocks="fit"`` counts the real prompt instead: a block ends when the next document would overflow
+``max_length``, documents are also cut to what an empty window has room for, and no prompt exceeds the
+window; near a full window its blocks, so its scores, differ from the reference's. Either way each block
+yields its own query embedding, these are averaged with weights ``max over the block of (1 + cos) / 2``, and
+every document is scored against that merged query (:func:`merge_blocks`). The two special token strings
+are removed from all input text first. The backbone is transformers' own ``Qwen3Model`` (``trust_remote_code``
+never runs the checkpoint's code for it); the projector is read from the safetensors weights.
 """
 
 from __future__ import annotations
@@ -149,9 +151,11 @@ class JinaV3Ranker(Ranker):
 
     Args:
         model_name_or_path: a ``JinaForRanking`` checkpoint (Qwen3 weights + ``projector.*``), folder or id.
-        max_length: tokens per prompt (default: the tokenizer's / model's limit, as the reference).
+        max_length: tokens per prompt (default: the smaller of the tokenizer's and the model's limits; the
+            reference's blocks use the tokenizer's ``model_max_length`` unless this is given).
         block_size: at most this many documents per prompt (reference: 125).
-        blocks: ``"fit"`` (every prompt fits ``max_length``) or ``"reference"`` (the reference's estimate).
+        blocks: ``"reference"`` (default: the reference's blocks, so its scores) or ``"fit"`` (every prompt
+            fits ``max_length``; other blocks near a full window). See the module docstring.
         max_query_length, max_doc_length: token caps on the query and on each document (512 / 2048).
         instruction: optional ``<instruct>`` text added to every prompt (the reference passes none).
         batch_size, max_tokens_per_batch: prompts (blocks) per forward and padded-token budget per forward.
@@ -173,7 +177,7 @@ class JinaV3Ranker(Ranker):
         *,
         max_length: int | None = None,
         block_size: int = 125,
-        blocks: str = "fit",
+        blocks: str = "reference",
         max_query_length: int = 512,
         max_doc_length: int = 2048,
         instruction: str | None = None,
@@ -221,6 +225,8 @@ class JinaV3Ranker(Ranker):
         )
         self.projector = self._build_projector(proj, int(self.model.config.hidden_size))
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)  # the reference's block window
+        self.block_window = tok_max if max_length is None and isinstance(tok_max, int) else self.max_length
         self.block_size, self.batch_size, self.blocks = block_size, batch_size, blocks
         self.max_query_length, self.max_doc_length = max_query_length, max_doc_length
         self.instruction = instruction
@@ -307,13 +313,13 @@ class JinaV3Ranker(Ranker):
     def _reference_blocks(self, q_len: int, docs: Sequence[str]) -> tuple[list[str], list[list[int]]]:
         cut = [self._truncate(_clean(d), self.max_doc_length) for d in docs]
         blocks: list[list[int]] = [[]]
-        capacity = self.max_length - 2 * q_len
+        capacity = self.block_window - 2 * q_len
         for i, (_, n) in enumerate(cut):
             blocks[-1].append(i)
             capacity -= n
             if len(blocks[-1]) >= self.block_size or capacity <= self.max_doc_length:
                 blocks.append([])
-                capacity = self.max_length - 2 * q_len
+                capacity = self.block_window - 2 * q_len
         return [t for t, _ in cut], [b for b in blocks if b]
 
     def _fit(self, q: str, texts: list[str], block: list[int]) -> tuple[list[int], list[int]]:
@@ -323,8 +329,8 @@ class JinaV3Ranker(Ranker):
             prompt = build_prompt(q, [texts[i] for i in block], self.instruction)
             ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
             if len(ids) <= self.max_length or len(block) == 1 or self.blocks == "reference":
-                if len(ids) > self.max_length and self.blocks == "fit":
-                    logger.warning("a one-document prompt has %d tokens > max_length", len(ids))
+                if len(ids) > self.max_length:  # blocks="reference" (as the reference) or one document
+                    logger.warning("jina-v3: prompt of %d tokens > max_length=%d", len(ids), self.max_length)
                 return ids, block
             block = block[:-1]
 
