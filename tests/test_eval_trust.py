@@ -222,6 +222,9 @@ def test_utf8_bom_is_stripped_from_every_file(tmp_path, gz):
     assert read_queries(write("topics.tsv", "q1\train\n")) == {"q1": "rain"}
     assert list(read_corpus(write("corpus.jsonl", '{"_id": "d1", "text": "x"}\n'))) == ["d1"]
     assert list(read_corpus(write("corpus.tsv", "d1\tx\n"))) == ["d1"]
+    # two files concatenated, each with its own mark
+    both = read_trec_run(write("cat.trec", "q1 Q0 d1 1 2.0 x\n\ufeffq2 Q0 d3 1 1.0 x\n"))
+    assert list(both) == ["q1", "q2"]
 
 
 # -- item 5: a run that matches no judged query --------------------------------------------------------------
@@ -238,7 +241,9 @@ def test_run_with_no_judged_query_is_an_error(coll, capsys):
     assert "none of the run's 2 queries is judged" in captured.err and "bm25" not in captured.out
     write_trec_run({"q0": [("1", 1.0)], "x2": [("2", 1.0)]}, coll / "runs" / "half.trec")
     assert main([*argv, "--run", "half"]) == 0
-    assert "1 of 2 run queries judged" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 of 2 run queries judged" in out
+    assert "means over 6 judged queries (5 not in the run: they score 0)" in out
 
 
 # -- item 6: judged queries without text ------------------------------------------------------------------

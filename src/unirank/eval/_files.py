@@ -1,8 +1,8 @@
 """File plumbing shared by the eval readers and writers: gzip-aware text reading and atomic writes.
 
 Reading is strict, so that a damaged file never turns into plausible numbers: every line must be UTF-8 (a
-leading byte-order mark is dropped), and a truncated or corrupt gzip stream is an error. Each of these raises
-:class:`~unirank.errors.EvalInputError` naming the file and, where there is one, the line.
+byte-order mark at the start of a line is dropped), and a truncated or corrupt gzip stream is an error. Each
+raises :class:`~unirank.errors.EvalInputError` naming the file and, where there is one, the line.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def read_metadata(folder: Any) -> dict[str, Any]:
 
 
 def _decode(data: bytes, where: str, lineno: int) -> str:
-    if lineno == 1 and data.startswith(codecs.BOM_UTF8):
+    if data.startswith(codecs.BOM_UTF8):  # the file's own, or one from each file of a concatenation
         data = data[len(codecs.BOM_UTF8) :]
     try:
         return data.decode("utf-8")

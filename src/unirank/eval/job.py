@@ -231,15 +231,19 @@ def eval_header(dataset: Dataset, label: str, result: EvalResult, depth: int | N
     >>> ds = Dataset("toy", {}, {"q1": "rain", "q2": ""}, {"q1": {"d": 2}, "q2": {"d": 1}}, rel_level=2)
     >>> res = evaluate(ds.qrels, {"q1": [("d", 1.0)], "x": [("d", 1.0)]}, ["AP"], 2)
     >>> print(eval_header(ds, "bm25", res, 100))
-    toy: 2 judged queries, 1 with text; means over 2 judged queries
+    toy: 2 judged queries, 1 with text; means over 2 judged queries (1 not in the run: they score 0)
     run bm25: 1 of 2 run queries judged; binary metrics count grade >= 2 (rel_level 2); re-ranking depth 100
     """
     with_text = len(dataset.qrels) - len(queries_without_text(dataset))
     first = f"{dataset.name}: {len(dataset.qrels)} judged queries, {with_text} with text; "
     first += f"means over {_plural(result.num_queries, 'judged query', 'judged queries')}"
+    notes = []
+    if result.missing_queries:
+        notes.append(f"{len(result.missing_queries)} not in the run: they score 0")
     if result.skipped_queries:
         n = len(result.skipped_queries)
-        first += f" ({_plural(n, 'judged query', 'judged queries')} without text skipped in every row)"
+        notes.append(f"{_plural(n, 'judged query', 'judged queries')} without text skipped in every row")
+    first += f" ({'; '.join(notes)})" if notes else ""
     level = result.rel_level
     second = f"run {label}: {result.judged_run_queries} of {result.run_queries} run queries judged; "
     second += f"binary metrics count grade >= {level} (rel_level {level})"
