@@ -1,7 +1,8 @@
 """E2Rank-style embedding listwise re-ranking: the enriched query, then cosine.
 
 Oracles: a hand computation with plain transformers (mean pooling, L2) on a tiny BERT for a 2-document
-example, and sentence-transformers on the packaged all-MiniLM-L6-v2 (slow)."""
+example, and sentence-transformers on the packaged all-MiniLM-L6-v2 (slow). The authors' E2Rank recipe on a
+Qwen3-style folder is checked in ``test_pad_and_e2rank.py``."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def test_only_the_first_candidates_enter_the_prompt_and_the_query_survives(make_
 def test_matches_sentence_transformers_on_minilm(minilm_path):
     st = pytest.importorskip("sentence_transformers")
     r = Reranker(f"e2rank:{minilm_path}", num_input_docs=2)
+    assert r.recipe == "generic"  # a BERT bi-encoder keeps its own (mean) pooling
     model = st.SentenceTransformer(str(minilm_path), device="cpu")
     q = model.encode([r.listwise_query(Q, DOCS)], normalize_embeddings=True)[0]
     d = model.encode(DOCS, normalize_embeddings=True)

@@ -156,3 +156,120 @@ def test_onnx_export_pads_like_the_model(seqcls, tmp_path, monkeypatch):
     alone = _one_at_a_time(path, DOCS)
     got = Reranker(f"ce:{path}", device="cpu", backend="onnx").score(Q, DOCS)
     np.testing.assert_allclose(got, alone, atol=1e-4)
+
+
+# -- E2Rank from a plain transformers folder, built as the authors' code builds it (issue 14, item 2) --------
+# Reference: github.com/Alibaba-NLP/E2Rank, src/eval.py (EvalModel.__call__, the paper's evaluation) and the
+# README's transformers example: the listwise prompt through the chat template with thinking disabled, no eos
+# on the query; documents cut to 1024 words and "<|endoftext|>" appended; last-token pooling, L2, cosine.
+E2RANK_PROMPT = (
+    "Given a web search query and some relevant documents, rerank the documents that answer the query:\n"
+    "Documents:\n{documents}\nSearch Query: {query}"
+)
+QWEN3_CHAT = (  # the parts of Qwen3's chat template that a single user turn touches
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+E2_DOCS = [
+    "Rain  falls when\nwater vapour\tcondenses into droplets.",
+    "Cats purr when they are happy.",
+    "The sun is a star; clouds are made of tiny water droplets and ice crystals.",
+]
+
+
+def build_e2rank_like(out: Path, side: str) -> Path:
+    """A tiny random Qwen3 embedding model saved like E2Rank-0.6B: plain transformers files, a Qwen-style
+    tokenizer (pad <|endoftext|>, eos <|im_end|>) with a Qwen3-style chat template, no sentence-transformers
+    files."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(out, side, pad=True)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    tok.chat_template = QWEN3_CHAT
+    tok.save_pretrained(out)
+    cfg = transformers.Qwen3Config(
+        vocab_size=272, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, pad_token_id=256, eos_token_id=258,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    model = transformers.Qwen3Model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def e2rank_like(tmp_path_factory):
+    return {
+        side: build_e2rank_like(tmp_path_factory.mktemp(f"e2rank-{side}"), side) for side in ("left", "right")
+    }
+
+
+def _last_token_unit(model, tok, text: str | None = None, ids: list[int] | None = None) -> np.ndarray:
+    enc = tok(text, return_tensors="pt") if ids is None else {"input_ids": torch.tensor([ids])}
+    with torch.no_grad():  # one text at a time: no padding, its last token is the last position
+        h = model(**enc).last_hidden_state[0, -1]
+    return torch.nn.functional.normalize(h, dim=-1).numpy().astype(np.float64)
+
+
+def e2rank_reference(path: Path, query: str, docs: list[str], num_input_docs: int = 20) -> np.ndarray:
+    """The reference's inputs and pooling, written out with plain transformers."""
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    docs = [" ".join(d.split()[:1024]) for d in docs]
+    listed = "\n".join(f"[{i}] {d}" for i, d in enumerate(docs[:num_input_docs], start=1))
+    message = [{"role": "user", "content": E2RANK_PROMPT.format(query=query, documents=listed)}]
+    q_text = tok.apply_chat_template(
+        message, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    q = _last_token_unit(model, tok, q_text)
+    return np.array([_last_token_unit(model, tok, d + "<|endoftext|>") @ q for d in docs])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_e2rank_folder_matches_the_reference(e2rank_like, side):
+    path = e2rank_like[side]
+    expected = e2rank_reference(path, Q, E2_DOCS, num_input_docs=2)
+    assert np.ptp(expected) > 0.01
+    r = Reranker(f"e2rank:{path}", num_input_docs=2, device="cpu")
+    assert r.recipe == "e2rank"
+    prompt = r.listwise_query(Q, E2_DOCS)
+    assert prompt.endswith(
+        "Search Query: what causes rain<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    assert (
+        "[1] Rain falls when water vapour condenses into droplets.\n[2] Cats" in prompt
+        and "[3]" not in prompt
+    )
+    np.testing.assert_allclose(r.score(Q, E2_DOCS), expected, atol=1e-5)
+    one = Reranker(f"e2rank:{path}", num_input_docs=2, device="cpu", batch_size=1)
+    np.testing.assert_allclose(one.score(Q, E2_DOCS), expected, atol=1e-5)
+    # the generic recipe (mean pooling, nothing appended, no think block) is a different model input
+    generic = Reranker(f"e2rank:{path}", num_input_docs=2, device="cpu", recipe="generic")
+    assert not np.allclose(generic.score(Q, E2_DOCS), expected, atol=1e-3)
+
+
+def test_e2rank_keeps_the_document_suffix_when_it_truncates(e2rank_like):
+    path = e2rank_like["right"]
+    r = Reranker(f"e2rank:{path}", device="cpu", max_length=24)
+    long_doc = "rain " * 100
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    ids = [*tok(long_doc.strip())["input_ids"][:23], tok.convert_tokens_to_ids("<|endoftext|>")]
+    got = r.encode([r.document_text(long_doc)], r.document_prompt, suffix_ids=r.doc_suffix_ids)[0]
+    np.testing.assert_allclose(got, _last_token_unit(model, tok, ids=ids), atol=1e-5)
+
+
+def test_bert_bi_encoders_keep_the_generic_recipe(make_tiny_bert):
+    path = make_tiny_bert("encoder", seed=3)
+    assert Reranker(f"e2rank:{path}").recipe == "generic"
+    with pytest.raises(SpecError, match="chat template"):
+        Reranker(f"e2rank:{path}", recipe="e2rank")
+    with pytest.raises(ValueError, match="recipe="):
+        Reranker(f"e2rank:{path}", recipe="e2")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf
+from ..backends.padding import is_decoder_only
 from ..base import PointwiseRanker
 from ..errors import SpecError
 from ..types import ScoreKind
@@ -152,6 +153,7 @@ class EmbeddingRanker(PointwiseRanker):
             allow_pickle=allow_pickle,
         )
         self.dense = [_load_dense(p, self.device) for p in self.layout["dense"]]
+        self.decoder = is_decoder_only(self.model.config)  # left-padded batches get position ids
         self.max_length = hf.max_model_length(
             self.tokenizer, self.model.config, max_length or self.layout["max_seq_length"]
         )
@@ -193,7 +195,7 @@ class EmbeddingRanker(PointwiseRanker):
 
     def _forward(self, batch: list[dict[str, list[int]]], prompt_len: int = 0) -> np.ndarray:
         torch, _ = hf.torch_modules()
-        inputs = hf.collate(batch, self.tokenizer, self.device)
+        inputs = hf.collate(batch, self.tokenizer, self.device, position_ids=self.decoder)
         if self._onnx is not None:
             hidden = torch.from_numpy(self._onnx.run(inputs))
         else:
@@ -208,11 +210,28 @@ class EmbeddingRanker(PointwiseRanker):
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         return emb.cpu().numpy()
 
-    def encode(self, texts: list[str], prompt: str = "", show_progress: bool = False) -> np.ndarray:
-        """Embeddings of ``texts`` (each prefixed by ``prompt``), one row per text, float32."""
+    def encode(
+        self,
+        texts: list[str],
+        prompt: str = "",
+        show_progress: bool = False,
+        suffix_ids: tuple[int, ...] = (),
+    ) -> np.ndarray:
+        """Embeddings of ``texts`` (each prefixed by ``prompt``), one row per text, float32.
+
+        ``suffix_ids`` are token ids appended to every text that does not already end with them, after
+        truncation, so they are never cut (E2Rank's ``<|endoftext|>``, read by last-token pooling).
+        """
         if self.layout["do_lower_case"]:
             texts = [t.lower() for t in texts]
-        feats = hf.tokenize(self.tokenizer, [prompt + t for t in texts], None, self.max_length)
+        n = len(suffix_ids)
+        feats = hf.tokenize(self.tokenizer, [prompt + t for t in texts], None, self.max_length - n)
+        for f in feats if n else ():
+            if tuple(f["input_ids"][-n:]) != suffix_ids:
+                for key, value in (("input_ids", list(suffix_ids)), ("attention_mask", [1] * n)):
+                    f[key] = f[key] + value
+                if "token_type_ids" in f:
+                    f["token_type_ids"] = f["token_type_ids"] + [0] * n
         plen = self._prompt_length(prompt)
         out = hf.run_model(
             feats,
@@ -224,24 +243,27 @@ class EmbeddingRanker(PointwiseRanker):
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
 
-    def _encode_cached(self, texts: list[str], prompt: str, show_progress: bool) -> dict[str, np.ndarray]:
+    def _encode_cached(
+        self, texts: list[str], prompt: str, show_progress: bool, suffix_ids: tuple[int, ...] = ()
+    ) -> dict[str, np.ndarray]:
         unique = list(dict.fromkeys(texts))
         found: dict[str, np.ndarray] = {}
         missing = []
+        key = prompt if not suffix_ids else f"{prompt}\0{suffix_ids}"
         for t in unique:
-            vec = self._cache.get((prompt, t)) if self.cache_size else None
+            vec = self._cache.get((key, t)) if self.cache_size else None
             if vec is None:
                 missing.append(t)
             else:
-                self._cache.move_to_end((prompt, t))
+                self._cache.move_to_end((key, t))
                 found[t] = vec
         self.cache_hits += len(unique) - len(missing)
         self.cache_misses += len(missing)
         if missing:
-            for t, vec in zip(missing, self.encode(missing, prompt, show_progress)):
+            for t, vec in zip(missing, self.encode(missing, prompt, show_progress, suffix_ids)):
                 found[t] = vec
                 if self.cache_size and np.isfinite(vec).all():
-                    self._cache[(prompt, t)] = vec
+                    self._cache[(key, t)] = vec
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return found
