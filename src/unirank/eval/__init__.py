@@ -24,7 +24,7 @@ from .io import (
     write_qrels,
     write_trec_run,
 )
-from .job import PartialRunError, eval_job, rerank_run
+from .job import PartialRunError, check_query_text, eval_header, eval_job, rerank_run
 from .metrics import DEFAULT_METRICS, EvalResult, evaluate, format_table, parse_metric
 
 __all__ = [
@@ -35,7 +35,9 @@ __all__ = [
     "Run",
     "atomic_write",
     "available_datasets",
+    "check_query_text",
     "dataset_folder",
+    "eval_header",
     "eval_job",
     "evaluate",
     "format_table",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -16,13 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..errors import EvalInputError
+from ._experiment_data import Hashes, digest, evaluate_in, judged, prepare_dataset
 from ._files import atomic_write
-from .io import Dataset, Run, read_corpus, read_qrels, read_queries
-from .metrics import EvalResult, evaluate
+from .io import Dataset, Run
+from .metrics import EvalResult
 
 if TYPE_CHECKING:
     from ..base import Ranker
-    from .experiment import DatasetSpec, ExperimentConfig, FirstStage, RerankerSpec
+    from .experiment import ExperimentConfig, FirstStage, RerankerSpec
 
 __all__ = ["ExperimentResult", "Group", "Unit", "run_experiment"]
 
@@ -52,13 +53,27 @@ class Unit:
 
 @dataclass
 class Group:
-    """Everything evaluated over one (dataset, first stage)."""
+    """Everything evaluated over one (dataset, first stage); ``skipped_queries``: judged queries without
+    text left out of every row (``skip_queries_without_text``)."""
 
     dataset: Dataset
     first_stage: str
     units: list[Unit]
     evals: dict[str, EvalResult]
     analysis: dict[str, Any] = field(default_factory=dict)
+    skipped_queries: list[str] = field(default_factory=list)
+
+    @property
+    def rel_level(self) -> int:
+        """The relevance level every binary metric of this group used."""
+        return self.evals[self.units[0].label].rel_level
+
+    def header(self) -> str:
+        """What the group's numbers are over: judged queries, those with text, skipped ones, how many
+        first-stage queries are judged, the relevance level (:func:`~unirank.eval.job.eval_header`)."""
+        from .job import eval_header
+
+        return eval_header(self.dataset, self.first_stage, self.evals[self.units[0].label])
 
 
 @dataclass
@@ -79,12 +94,9 @@ class ExperimentResult:
         parts = []
         for g in self.groups:
             rows = {label: ev.aggregate for label, ev in g.evals.items()}
-            parts.append(f"{g.dataset.name} / {g.first_stage}\n{format_table(rows, label='system')}")
+            table = format_table(rows, label="system")
+            parts.append(f"{g.dataset.name} / {g.first_stage}\n{g.header()}\n{table}")
         return "\n\n".join(parts)
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _safe(text: str) -> str:
@@ -106,44 +118,6 @@ def _read_unit(path: Path) -> dict[str, Any] | None:
 def _write_unit(path: Path, data: Mapping[str, Any]) -> None:
     with atomic_write(path) as fh:
         json.dump(data, fh, separators=(",", ":"))
-
-
-def _load_dataset(spec: DatasetSpec) -> Dataset:
-    from .datasets import load_dataset
-
-    if spec.source is not None:
-        ds = load_dataset(spec.source, split=spec.split, rel_level=spec.rel_level)
-        ds.name = spec.name
-    else:
-        qrels = read_qrels(spec.qrels)
-        queries = {q: t for q, t in read_queries(spec.topics).items() if q in qrels}
-        ds = Dataset(spec.name, read_corpus(spec.corpus), queries, qrels, {}, spec.rel_level or 1)
-    for name, path in spec.runs.items():
-        ds.runs[name] = path
-    if spec.max_queries is not None:
-        keep = [q for q in ds.queries if q in ds.qrels][: spec.max_queries]
-        ds.queries = {q: ds.queries[q] for q in keep}
-        ds.qrels = {q: ds.qrels[q] for q in keep}
-    return ds
-
-
-class _Hashes:
-    """Per-dataset content fingerprints (document texts hashed once)."""
-
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-        self._docs: dict[str, str] = {}
-
-    def doc(self, docid: str) -> str:
-        h = self._docs.get(docid)
-        if h is None:
-            d = self.ds.corpus.get(docid)
-            text = "\x00missing" if d is None else d.text + "\x00" + str(d.metadata.get("title", ""))
-            h = self._docs[docid] = hashlib.sha1(text.encode()).hexdigest()[:16]
-        return h
-
-    def corpus(self) -> str:
-        return _digest(sorted((d, self.doc(d)) for d in self.ds.corpus))
 
 
 class _Runner:
@@ -180,20 +154,28 @@ class _Runner:
         self.computed.append(label)
         logger.info("computed %s in %.1f s", label, data.get("wall_s", 0.0))
 
-    def first_stage(self, ds: Dataset, fs: FirstStage, hashes: _Hashes, max_depth: int) -> Unit:
+    def first_stage(self, ds: Dataset, fs: FirstStage, hashes: Hashes, max_depth: int) -> Unit:
         label = f"{ds.name}/{fs.name}"
         if fs.run is not None:
             try:
                 run = ds.get_run(fs.run)
             except KeyError as exc:
                 raise ValueError(f"dataset {ds.name!r}, first stage {fs.name!r}: {exc.args[0]}") from None
+            given = sorted(run)
             run = {q: list(run[q]) for q in run if q in ds.queries}
-            return Unit(ds.name, fs.name, None, None, _digest(run), run)
+            if given and not run:
+                raise EvalInputError(
+                    f"dataset {ds.name!r}, first stage {fs.name!r}: none of the run's {len(given)} queries "
+                    f"is a query of the dataset (run: {given[:3]}, dataset: {sorted(ds.queries)[:3]}); "
+                    "wrong run file, or query ids written differently?",
+                    qids=given,
+                )
+            return Unit(ds.name, fs.name, None, None, digest(run), run)
         fields = fs.fields
         if fields == "auto":
             fields = "multi" if any(d.metadata.get("title") for d in ds.corpus.values()) else "flat"
         k = max(fs.k, max_depth)
-        key = _digest({"v": __version__, "bm25": fields, "k": k, "corpus": hashes.corpus(), "q": ds.queries})
+        key = digest({"v": __version__, "bm25": fields, "k": k, "corpus": hashes.corpus(), "q": ds.queries})
         path = self.cache / f"{_safe(ds.name)}.{_safe(fs.name)}.{key[:16]}.json.gz"
         data = self._cached(path, key, label)
         if data is None:
@@ -218,7 +200,7 @@ class _Runner:
         run = {q: [(str(d), float(s)) for d, s in v] for q, v in data["run"].items()}
         return Unit(ds.name, fs.name, None, None, key, run, data.get("latency", {}), path=path)
 
-    def unit(self, ds: Dataset, first: Unit, rr: RerankerSpec, depth: int, hashes: _Hashes) -> Unit:
+    def unit(self, ds: Dataset, first: Unit, rr: RerankerSpec, depth: int, hashes: Hashes) -> Unit:
         label = f"{ds.name}/{first.first_stage}/{rr.name}@{depth}"
         qids = [q for q in first.run if ds.queries.get(q, "").strip()]
         cands = {q: [[d, hashes.doc(d)] for d, _ in first.run[q][:depth]] for q in qids}
@@ -227,14 +209,14 @@ class _Runner:
             if rr.ranker is None
             else {"instance": rr.spec, "name": rr.name}
         )
-        key = _digest(
+        key = digest(
             {
                 "v": __version__,
                 "reranker": what,
                 "depth": depth,
                 "q": {q: ds.queries[q] for q in qids},
                 "cands": cands,
-                "below": _digest(first.run),
+                "below": digest(first.run),
             }
         )
         path = (
@@ -327,11 +309,17 @@ def run_experiment(
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     show_progress: bool = False,
+    *,
+    rel_level: int | None = None,
+    skip_queries_without_text: bool | None = None,
 ) -> ExperimentResult:
     """Run (or resume) an experiment and write its report; see :mod:`unirank.eval.experiment`.
 
     ``config`` is a YAML / JSON path, a dict or an :class:`~unirank.eval.experiment.ExperimentConfig`.
-    With ``resume=False`` every unit is recomputed (and the cache overwritten).
+    With ``resume=False`` every unit is recomputed (and the cache overwritten). ``rel_level`` (every
+    dataset) and ``skip_queries_without_text`` override the config's. Every dataset is loaded and checked
+    before any unit is computed; what is refused (:class:`~unirank.errors.EvalInputError`) is listed in
+    :mod:`unirank.eval.experiment`.
 
     >>> import tempfile
     >>> cfg = {"datasets": [{"source": "dl19", "max_queries": 3}], "rerankers": ["bm25"], "depths": [5],
@@ -353,12 +341,13 @@ def run_experiment(
     for stale in cache.glob(".*.tmp"):  # left by a killed run (atomic writes never expose them)
         with contextlib.suppress(OSError):
             stale.unlink()
+    loaded = [prepare_dataset(spec, cfg, rel_level, skip_queries_without_text) for spec in cfg.datasets]
     runner = _Runner(cfg, cache, resume, show_progress)
     groups: list[Group] = []
     try:
-        for spec in cfg.datasets:
-            ds = _load_dataset(spec)
-            hashes = _Hashes(ds)
+        for spec, (ds, skipped) in zip(cfg.datasets, loaded):
+            qrels = judged(ds, skipped)
+            hashes = Hashes(ds)
             depths = spec.depths or cfg.depths
             stages = spec.first_stages or cfg.first_stages
             if stages is None:
@@ -366,11 +355,18 @@ def run_experiment(
             all_depths = [d for rr in cfg.rerankers for d in (rr.depths or depths)]
             for fs in stages:
                 first = runner.first_stage(ds, fs, hashes, max(all_depths))
+                where = f"dataset {ds.name!r}, first stage {fs.name!r}"
+                # checked before any re-ranking: an empty first stage, or one with no judged query
+                evals = {
+                    first.label: evaluate_in(where, qrels, first.run, cfg.metrics, ds.rel_level, skipped)
+                }
                 units = [first]
                 for rr in cfg.rerankers:
                     units += [runner.unit(ds, first, rr, d, hashes) for d in rr.depths or depths]
-                evals = {u.label: evaluate(ds.qrels, u.run, cfg.metrics, ds.rel_level) for u in units}
-                groups.append(Group(ds, fs.name, units, evals))
+                for u in units[1:]:
+                    at = f"{where}, system {u.label!r}"
+                    evals[u.label] = evaluate_in(at, qrels, u.run, cfg.metrics, ds.rel_level, skipped)
+                groups.append(Group(ds, fs.name, units, evals, skipped_queries=list(skipped)))
     finally:
         runner.close()
     result = ExperimentResult(cfg, out, groups, runner.computed, runner.reused)

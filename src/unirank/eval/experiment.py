@@ -19,11 +19,23 @@ A config (YAML file or dict)::
     significance: {tests: [t, randomization, bootstrap], correction: holm, alpha: 0.05, resamples: 10000}
     analyses: {lexical_buckets: 3, tie_threshold: 0.0}
     batch_queries: 1             # queries per ranker call; 1 gives exact per-query latency
+    rel_level: 2                 # binary metrics count grade >= 2 (default: each dataset's own, see below)
+    skip_queries_without_text: false   # true: judged queries without text leave every row (default: refused)
 
     cache_dir: shared-cache      # default: <out>/cache
     out: runs/dl19-demo          # default: runs/<name>; ``--out`` / ``out_dir=`` win
 
-Data paths in a config file are relative to the file's folder. Every (dataset, first stage, re-ranker,
+Data paths in a config file are relative to the file's folder. The relevance level of binary metrics (RR,
+AP, P, R, infAP...) is, in order: ``rel_level=`` / ``--rel-level`` (every dataset), a dataset's own
+``rel_level`` key, the config's ``rel_level``, the dataset's convention (the bundled TREC DL: 2; a folder:
+its ``unirank.json``; else 1); each group's header in the summary and report states the level used.
+
+Evaluation input is checked before any unit is computed, with :func:`~unirank.eval.job.eval_job`'s rule: a
+judged query with no (or only blank) text cannot be re-ranked, so the first-stage row would score it and every
+re-ranked row give it 0; it is refused (:class:`~unirank.errors.EvalInputError` naming the queries) unless
+``skip_queries_without_text`` (``--skip-queries-without-text``) leaves it out of every row, which the header
+reports. A dataset with no judged query, and a first stage with no query or no judged query, are refused the
+same way, naming the dataset and first stage. Every (dataset, first stage, re-ranker,
 depth) unit is cached as ``<cache>/<dataset>.<first stage>.<re-ranker>@<depth>.<key>.json.gz``, written
 atomically, with ``key`` hashing the re-ranker spec and options, the depth, the query texts, the candidate
 lists with their document texts, and the unirank version: a re-run computes only the units whose inputs
@@ -42,12 +54,10 @@ unirank.eval.experiment.ConfigError: config: unknown key 'dephts' (did you mean 
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +72,7 @@ __all__ = [
     "ExperimentResult",
     "Unit",
     "add_subparser",
+    "cmd_experiment",
     "load_config",
     "run_experiment",
 ]
@@ -126,11 +137,13 @@ class ExperimentConfig:
     batch_queries: int = 1
     cache_dir: str | None = None
     out: str | None = None
+    rel_level: int | None = None
+    skip_queries_without_text: bool = False
 
 
 _TOP = set(
     "name datasets rerankers metrics main_metric depths first_stages baseline significance analyses "
-    "batch_queries cache_dir out".split()
+    "batch_queries cache_dir out rel_level skip_queries_without_text".split()
 )
 _DS = set("name source topics qrels corpus runs run split rel_level max_queries first_stages depths".split())
 _RR = set("name spec options depths ranker".split())
@@ -327,6 +340,11 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> Experimen
     cfg.batch_queries = _int(d.get("batch_queries", 1), "config.batch_queries")
     cfg.cache_dir = _str(d["cache_dir"], "config.cache_dir") if "cache_dir" in d else None
     cfg.out = _str(d["out"], "config.out") if "out" in d else None
+    cfg.rel_level = _int(d["rel_level"], "config.rel_level") if "rel_level" in d else None
+    skip = d.get("skip_queries_without_text", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(f"config.skip_queries_without_text: expected true or false, got {skip!r}")
+    cfg.skip_queries_without_text = skip
     if base is not None:
         _rebase(cfg, base)
     return cfg
@@ -370,30 +388,5 @@ def _significance(cfg: ExperimentConfig, s: dict[str, Any]) -> None:
 
 
 # -- running ----------------------------------------------------------------------------------------------
+from ._experiment_cli import add_subparser, cmd_experiment  # noqa: E402
 from ._experiment_run import ExperimentResult, Unit, run_experiment  # noqa: E402
-
-
-def add_subparser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``unirank experiment CONFIG [--out DIR] [--resume/--no-resume]`` to a subparsers object."""
-    p = sub.add_parser("experiment", help="run an experiment config; HTML / Markdown report and TREC runs")
-    p.add_argument("config", help="experiment config (YAML or JSON)")
-    p.add_argument("--out", default=None, help="output folder (default: the config's out, else runs/NAME)")
-    p.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reuse finished units from the cache (default); --no-resume recomputes every unit",
-    )
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_experiment)
-    return p
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    """The ``unirank experiment`` command."""
-    res = run_experiment(args.config, args.out, resume=args.resume, show_progress=not args.no_progress)
-    sys.stdout.write(
-        f"{res.summary_text()}\n\n{len(res.computed)} units computed, {len(res.reused)} reused from cache\n"
-        f"report: {res.report_html}\nsummary: {res.report_md}\n"
-    )
-    return 0

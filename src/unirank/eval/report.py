@@ -229,6 +229,7 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
     md = [f"# Experiment: {cfg.name}", "", legend, ""]
     for g in result.groups:
         title = f"{g.dataset.name} / {g.first_stage} ({len(g.dataset.qrels)} queries)"
+        lines = g.header().splitlines()  # judged / skipped queries and the relevance level used
         lex_header, lex_rows = _lex_rows(g)
         wtl_rows = [
             [r["system"], r["baseline"], str(r["wins"]), str(r["ties"]), str(r["losses"])]
@@ -238,6 +239,7 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
         sig_header = ["system", "baseline", "metric", "test", "mean diff", "p", "p adjusted", "significant"]
         h += [
             f"<h2>{html.escape(title)}</h2>",
+            "<p class='note header'>" + "<br>".join(html.escape(x) for x in lines) + "</p>",
             _table(header, _main_rows(g, metrics)),
             "<h3>Depth sweep</h3>",
             _img(_plot_depth(g), f"depth sweep {title}"),
@@ -254,6 +256,8 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
         ]
         md += [
             f"## {title}",
+            "",
+            *(f"{x}  " for x in lines),
             "",
             _table(header, _main_rows(g, metrics), md=True),
             "",
@@ -287,6 +291,10 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
             {
                 "dataset": g.dataset.name,
                 "first_stage": g.first_stage,
+                "rel_level": g.rel_level,
+                "judged_queries": len(g.dataset.qrels),
+                "means_over_queries": g.evals[g.units[0].label].num_queries,
+                "skipped_queries": list(g.skipped_queries),
                 "analysis": {k: v for k, v in g.analysis.items()},
                 "per_query": {label: ev.per_query for label, ev in g.evals.items()},
                 "latency_s": {u.label: u.latency for u in g.units},
