@@ -1,7 +1,8 @@
-"""Rankers for server tests: a slow one (to fill queues and hit timeouts) and a failing one."""
+"""Rankers for server tests (slow, failing, recording) and a loopback uvicorn runner."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -47,3 +48,43 @@ class CountingBM25(BM25Ranker):
     def rank_many(self, queries, docs_lists, *args, **kwargs):
         self.batches.append((len(queries), sum(len(d) for d in docs_lists)))
         return super().rank_many(queries, docs_lists, *args, **kwargs)
+
+
+class RecordingRanker(Ranker):
+    """Scores = document length after ``delay`` s; keeps every text it was given; has a tokenizer and a window
+    like the transformer rankers (``tokenizer``, ``max_length``), so ``max_tokens_per_doc`` cuts by tokens."""
+
+    score_kind = ScoreKind.UNBOUNDED
+
+    def __init__(self, tokenizer=None, max_length: int | None = None, delay: float = 0.0) -> None:
+        super().__init__("recording")
+        self.tokenizer, self.max_length, self.delay = tokenizer, max_length, delay
+        self.texts: list[str] = []
+
+    def _score_many(self, queries, docs_lists, show_progress=False):
+        time.sleep(self.delay)
+        self.texts.extend(d.text for docs in docs_lists for d in docs)
+        return [np.array([float(len(d.text)) for d in docs]) for docs in docs_lists]
+
+
+@contextlib.contextmanager
+def loopback(app, config=None, timeout: float = 10.0):
+    """Run ``app`` with uvicorn on 127.0.0.1 (port 0) as ``unirank serve`` does (``uvicorn_config``: header
+    and keep-alive timeouts applied); yield ``(host, port)``; always stop it."""
+    import uvicorn
+
+    from unirank.serve.server import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, config, port=0, log_level="warning", graceful_timeout=2))
+    thread = threading.Thread(target=server.run, name="loopback-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        yield server.servers[0].sockets[0].getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MicroBatcher", "ServeConfig", "add_subparser", "create_app"]
+__all__ = ["MicroBatcher", "ServeConfig", "add_subparser", "create_app", "uvicorn_config"]
 
 _EXPORTS = {
     "create_app": ".app",
     "MicroBatcher": ".batcher",
     "ServeConfig": ".limits",
     "add_subparser": ".cli",
+    "uvicorn_config": ".server",
 }
 
 

@@ -38,9 +38,10 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from ..normalize import normalize_scores  # noqa: E402
-from ..text import truncate_tokens  # noqa: E402
 from .batcher import MicroBatcher, QueueFull, ShuttingDown  # noqa: E402
-from .limits import Metrics, ServeConfig, check_api_key, guard_middleware  # noqa: E402
+from .guard import guard_middleware  # noqa: E402
+from .limits import Metrics, ServeConfig, check_api_key  # noqa: E402
+from .prepare import cohere_texts, render_json, word_count  # noqa: E402
 from .schemas import (  # noqa: E402
     ErrorBody,
     RerankRequest,
@@ -58,6 +59,7 @@ _ERROR_TYPES = {
     400: "validation",
     401: "unauthorized",
     404: "not_found",
+    408: "timeout",
     413: "payload_too_large",
     422: "validation",
     429: "overloaded",
@@ -139,9 +141,9 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+        errs = _printable(jsonable_encoder(exc.errors()[:20], custom_encoder={bytes: _short_bytes}))
         msg = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errs[:5])
-        body = {**error_body(msg or "invalid request", "validation"), "detail": errs[:20]}
+        body = {**error_body(msg or "invalid request", "validation"), "detail": errs}
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(Exception)
@@ -156,21 +158,32 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
 
     auth = [Depends(authorize)]
 
-    async def score(model: str | None, query: str, texts: list[str]) -> tuple[Ranker, np.ndarray]:
+    async def score(
+        model: str | None, query: str, docs: list[Any], prepare: Any = None
+    ) -> tuple[Ranker, np.ndarray, Any]:
+        """Raw scores of ``docs``; ``prepare(ranker)`` -> ``(texts, extra)`` runs first, in a worker thread
+        (per-document work never runs on the event loop), under the same timeout as the model."""
         name = model or default
         if name not in batchers:
             raise HTTPException(404, f"model {name!r} is not served; available: {sorted(batchers)}")
-        if len(texts) > cfg.max_documents:
+        if len(docs) > cfg.max_documents:
             metrics.rejected.labels("documents").inc()
             raise HTTPException(
-                413, f"{len(texts)} documents; this server accepts at most {cfg.max_documents}"
+                413, f"{len(docs)} documents; this server accepts at most {cfg.max_documents}"
             )
         if not query.strip():
             raise HTTPException(422, "query is empty or whitespace")
-        if not texts:
-            return rankers[name], np.zeros(0)
+
+        async def run() -> tuple[np.ndarray, Any]:
+            texts, extra = docs, None
+            if prepare is not None:
+                texts, extra = await asyncio.to_thread(prepare, rankers[name])
+            if not texts:
+                return np.zeros(0), extra
+            return await batchers[name].submit(query, texts), extra
+
         try:
-            raw = await asyncio.wait_for(batchers[name].submit(query, texts), cfg.request_timeout)
+            raw, extra = await asyncio.wait_for(run(), cfg.request_timeout)
         except QueueFull as exc:
             metrics.rejected.labels("queue").inc()
             raise HTTPException(429, f"server busy: {exc}; retry later") from exc
@@ -184,7 +197,7 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
         except Exception as exc:
             logger.exception("model %s failed", name)
             raise HTTPException(500, "internal server error") from exc
-        return rankers[name], raw
+        return rankers[name], raw, extra
 
     def relevance(ranker: Ranker, raw: np.ndarray, normalized: bool) -> list[float]:
         s = normalize_scores(raw, ranker.score_kind, "auto", ranker.calibrator)[0] if normalized else raw
@@ -196,35 +209,27 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
         idx = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         return idx[:top_n] if top_n else idx
 
-    def texts_of(req: RerankRequest) -> list[str]:
-        out = []
-        for i, doc in enumerate(req.documents):
-            if isinstance(doc, str):
-                text = doc
-            elif req.rank_fields:
-                text = "\n".join(f"{k}: {doc[k]}" for k in req.rank_fields if k in doc)
-            elif isinstance(doc.get("text"), str):
-                text = doc["text"]
-            else:
-                raise HTTPException(422, f"documents[{i}] has no string 'text' field (or set rank_fields)")
-            if req.max_tokens_per_doc:
-                text = cut_tokens(req.model, text, req.max_tokens_per_doc)
-            out.append(text)
-        return out
+    def texts_of(req: RerankRequest, version: str) -> Any:
+        """``prepare`` for Cohere / Jina bodies: document texts, cut to ``max_tokens_per_doc`` (at most the
+        model's window) by the served model's own tokenizer (whitespace words without a fast tokenizer,
+        such as BM25); and the word count of Jina's ``usage``."""
 
-    def cut_tokens(model: str | None, text: str, n: int) -> str:
-        """The first ``n`` tokens of ``text`` by the served model's own tokenizer (whitespace words for
-        models without a fast tokenizer, such as BM25)."""
-        tok = getattr(rankers.get(model or default), "tokenizer", None)
-        if getattr(tok, "is_fast", False):
-            return truncate_tokens(tok, text, n)
-        return " ".join(text.split()[:n])
+        def prepare(ranker: Ranker) -> tuple[list[str], int]:
+            n = req.max_tokens_per_doc
+            window = getattr(ranker, "max_length", None)
+            if n and isinstance(window, int) and window > 0:
+                n = min(n, window)
+            texts = cohere_texts(req.documents, req.rank_fields, n, getattr(ranker, "tokenizer", None))
+            words = 0
+            if version == "1":
+                words = word_count(req.query) * len(texts) + sum(word_count(t) for t in texts)
+            return texts, words
 
-    async def cohere(req: RerankRequest, response: Response, version: str, jina: bool) -> dict[str, Any]:
-        texts = texts_of(req)
-        ranker, raw = await score(req.model, req.query, texts)
+        return prepare
+
+    async def cohere(req: RerankRequest, version: str, jina: bool) -> Response:
+        ranker, raw, n = await score(req.model, req.query, req.documents, texts_of(req, version))
         rel = relevance(ranker, raw, normalized=True)
-        response.headers["x-unirank-score-kind"] = "probability"
         want_docs = req.return_documents if req.return_documents is not None else jina
         results = []
         for i in order(rel, req.top_n):
@@ -239,40 +244,48 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
             "meta": {"api_version": {"version": version}, "billed_units": {"search_units": 1}},
         }
         if version == "1":  # /v1/rerank is also Jina's route: add its fields
-            n = len(req.query.split()) * len(texts) + sum(len(t.split()) for t in texts)
             body["model"] = req.model or default
             body["usage"] = {"total_tokens": n, "prompt_tokens": n}
-        return body
+        return await json_response(body, "probability")
+
+    async def json_response(content: Any, score_kind: str) -> Response:
+        """The body rendered in a worker thread (echoed documents can be megabytes)."""
+        try:
+            data = await asyncio.to_thread(render_json, content)
+        except UnicodeEncodeError as exc:  # the guard refuses lone surrogates first; never a 500 anyway
+            raise HTTPException(422, "a document holds a lone UTF-16 surrogate: invalid Unicode") from exc
+        except ValueError as exc:  # only echoed input can hold these: Python's JSON reads 1e400 as inf
+            raise HTTPException(422, "a document holds a number JSON cannot carry (NaN or Infinity)") from exc
+        return Response(data, media_type="application/json", headers={"x-unirank-score-kind": score_kind})
 
     common: dict[str, Any] = {"dependencies": auth, "responses": _ERRORS, "response_model_exclude_none": True}
 
     @app.post("/v1/rerank", response_model=RerankResponse, **common)
-    async def rerank_v1(req: RerankRequest, response: Response) -> dict[str, Any]:
+    async def rerank_v1(req: RerankRequest) -> Response:
         """Cohere v1 rerank; also the Jina rerank route (the body carries both APIs' fields)."""
-        return await cohere(req, response, "1", jina=False)
+        return await cohere(req, "1", jina=False)
 
     @app.post("/jina/v1/rerank", response_model=RerankResponse, **common)
-    async def rerank_jina(req: RerankRequest, response: Response) -> dict[str, Any]:
+    async def rerank_jina(req: RerankRequest) -> Response:
         """Jina rerank with Jina's defaults (``return_documents`` true)."""
-        return await cohere(req, response, "1", jina=True)
+        return await cohere(req, "1", jina=True)
 
     @app.post("/v2/rerank", response_model=RerankResponse, **common)
-    async def rerank_v2(req: RerankRequest, response: Response) -> dict[str, Any]:
+    async def rerank_v2(req: RerankRequest) -> Response:
         """Cohere v2 rerank."""
-        return await cohere(req, response, "2", jina=False)
+        return await cohere(req, "2", jina=False)
 
     @app.post("/rerank", response_model=list[TEIRank], **common)
-    async def rerank_tei(req: TEIRerankRequest, response: Response) -> list[dict[str, Any]]:
+    async def rerank_tei(req: TEIRerankRequest) -> Response:
         """text-embeddings-inference rerank: a list of ``{index, score, text?}``, best first."""
-        ranker, raw = await score(req.model, req.query, req.texts)
+        ranker, raw, _ = await score(req.model, req.query, req.texts)
         s = relevance(ranker, raw, normalized=not req.raw_scores)
-        response.headers["x-unirank-score-kind"] = (
-            ranker.score_kind.value if req.raw_scores else "probability"
-        )
-        return [
+        kind = ranker.score_kind.value if req.raw_scores else "probability"
+        out = [
             {"index": i, "score": s[i], **({"text": req.texts[i]} if req.return_text else {})}
             for i in order(s, None)
         ]
+        return await json_response(out, kind)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -312,6 +325,23 @@ class _Guard:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._call(scope, receive, send)
+
+
+def _short_bytes(b: bytes) -> str:
+    return b[:200].decode("utf-8", "replace")
+
+
+def _printable(obj: Any, limit: int = 200) -> Any:
+    """A validation error's echo made safe to send: strings valid UTF-8 (a lone surrogate becomes ``?``) and
+    at most ``limit`` characters, containers at most 20 items (a 9 MB document is not echoed back)."""
+    if isinstance(obj, str):
+        short = obj if len(obj) <= limit else obj[:limit] + "..."
+        return short.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_printable(k, limit): _printable(v, limit) for k, v in list(obj.items())[:20]}
+    if isinstance(obj, (list, tuple)):
+        return [_printable(v, limit) for v in obj[:20]]
+    return obj
 
 
 def _version() -> str:

@@ -3,7 +3,9 @@
 A request waits at most ``max_wait_ms`` for company; a batch holds at most ``max_batch_docs`` documents
 (a single larger request runs alone). The model runs in one worker thread, off the event loop, so the
 server keeps accepting and queueing while a batch computes — which is what lets throughput under
-concurrency approach offline ``rank_many`` throughput. The queue is bounded: :meth:`MicroBatcher.submit`
+concurrency approach offline ``rank_many`` throughput. A request that is cancelled while it waits (its
+timeout passed, or its client disconnected) leaves the queue at once and its documents never reach the
+model. The queue is bounded: :meth:`MicroBatcher.submit`
 raises :class:`QueueFull` (HTTP 429) instead of letting latency grow without bound, and
 :class:`ShuttingDown` (HTTP 503) once :meth:`MicroBatcher.close` has begun; ``close`` finishes what is queued.
 
@@ -90,14 +92,14 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting (not counting the batch being computed)."""
-        return len(self._queue)
+        """Requests waiting (not counting the batch being computed, nor cancelled ones)."""
+        return sum(1 for i in self._queue if not i.future.done())
 
     async def submit(self, query: str, docs: Sequence[DocLike]) -> np.ndarray:
         """Raw scores of ``docs`` for ``query`` in input order, computed in a merged batch."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
-        if len(self._queue) >= self.max_queue:
+        if self.depth >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
@@ -107,7 +109,15 @@ class MicroBatcher:
         self._queue.append(item)
         assert self._wakeup is not None
         self._wakeup.set()
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            # Timed out or the client went away: leave the queue now (it must not count against
+            # ``max_queue``) and drop the work if it has not started; a running batch just discards it.
+            with contextlib.suppress(ValueError):
+                self._queue.remove(item)
+            item.future.cancel()
+            raise
 
     def reopen(self) -> None:
         """Accept work again after :meth:`close` (an app restarted in the same process)."""

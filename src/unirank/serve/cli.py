@@ -37,6 +37,11 @@ def add_subparser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--max-batch-docs", type=int, default=256, help="documents per merged batch")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight work")
+    s.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a client to send a request's headers"
+    )
+    s.add_argument("--body-timeout", type=float, default=60.0, help="seconds to receive a body (408)")
+    s.add_argument("--keep-alive-timeout", type=float, default=5.0, help="idle keep-alive, seconds")
     s.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="ranker option, repeatable")
     s.set_defaults(func=run)
     return s  # type: ignore[no-any-return]
@@ -67,6 +72,9 @@ def build_app(args: argparse.Namespace) -> Any:
         max_batch_docs=args.max_batch_docs,
         max_wait_ms=args.max_wait_ms,
         default_model=args.name or args.spec,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
     )
     return create_app(models, config)
 
@@ -74,8 +82,9 @@ def build_app(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests finish (up to ``--graceful-timeout`` s)."""
     uvicorn = require("uvicorn", "server")
+    from .server import uvicorn_config
+
     app = build_app(args)
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=args.graceful_timeout
-    )
+    config = uvicorn_config(app, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
+    uvicorn.Server(config).run()
     return 0

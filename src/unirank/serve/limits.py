@@ -1,30 +1,32 @@
-"""Safety and observability around the routes: API keys, body size limit, Prometheus metrics.
+"""Server settings, API keys and Prometheus metrics (the guard that enforces the limits is in ``guard.py``).
 
 Keys are compared with :func:`hmac.compare_digest` against every configured key (constant time, no early
-exit on the first match). The body limit is enforced on ``Content-Length`` *and* while streaming, so a
-chunked upload cannot exceed it either. Metrics live in a registry owned by the app (never the process-global
-one), so several apps in one process (tests, multi-tenant) do not collide.
+exit on the first match). Metrics live in a registry owned by the app (never the process-global one), so
+several apps in one process (tests, multi-tenant) do not collide.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .schemas import error_body
-
-__all__ = ["Metrics", "ServeConfig", "check_api_key", "guard_middleware"]
+__all__ = ["Metrics", "ServeConfig", "check_api_key"]
 
 KNOWN_ROUTES = ("/v1/rerank", "/v2/rerank", "/jina/v1/rerank", "/rerank", "/health", "/info", "/metrics")
 
 
 @dataclass
 class ServeConfig:
-    """Limits and behaviour of a server (the ``unirank serve`` flags)."""
+    """Limits and behaviour of a server (the ``unirank serve`` flags).
+
+    Slow clients: ``header_timeout`` bounds the time from a connection's first byte (or the end of its
+    previous response) to the end of the request's headers, ``body_timeout`` the time to receive the whole
+    body (408), ``keep_alive_timeout`` how long an idle keep-alive connection stays open.
+    ``request_timeout`` bounds the work on a request once it is read (504). Header and keep-alive times are
+    applied by :func:`unirank.serve.server.uvicorn_config` (the server's side); the others by the app.
+    """
 
     api_keys: Sequence[str] = ()
     max_documents: int = 1000
@@ -34,6 +36,9 @@ class ServeConfig:
     max_batch_docs: int = 256
     max_wait_ms: float = 5.0
     default_model: str | None = None
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_body_bytes", "max_queue", "max_batch_docs"):
@@ -41,6 +46,9 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.request_timeout <= 0 or self.max_wait_ms < 0:
             raise ValueError("request_timeout must be > 0 and max_wait_ms >= 0")
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")
         if any(not isinstance(k, str) or not k for k in self.api_keys):
             raise ValueError("API keys must be non-empty strings")
 
@@ -106,66 +114,3 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def guard_middleware(app: Any, config: ServeConfig, metrics: Metrics) -> Any:
-    """Wrap an ASGI app: refuse bodies over ``max_body_bytes`` (413) and record request metrics."""
-
-    async def send_json(send: Any, status: int, body: dict[str, Any]) -> None:
-        raw = json.dumps(body).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
-
-    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else "other"
-        status_box = {"status": 500, "started": False}
-        limit = config.max_body_bytes
-        too_large = error_body(f"request body exceeds {limit} bytes", "payload_too_large")
-
-        async def send_wrapped(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status_box["status"], status_box["started"] = message["status"], True
-            await send(message)
-
-        received = 0
-
-        async def receive_limited() -> dict[str, Any]:
-            nonlocal received
-            message: dict[str, Any] = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    from fastapi import HTTPException
-
-                    metrics.rejected.labels("body_size").inc()
-                    raise HTTPException(413, too_large["message"])  # FastAPI re-raises it to our handler
-            return message
-
-        t0 = time.perf_counter()
-        metrics.in_flight.inc()
-        try:
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                metrics.rejected.labels("body_size").inc()
-                await send_json(send_wrapped, 413, too_large)
-                return
-            try:
-                await app(scope, receive_limited, send_wrapped)
-            except _TooLarge:  # pragma: no cover - a route that streams the body itself
-                if not status_box["started"]:
-                    await send_json(send_wrapped, 413, too_large)
-        finally:
-            metrics.in_flight.dec()
-            metrics.requests.labels(route, str(status_box["status"])).inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - t0)
-
-    return guarded
