@@ -153,6 +153,33 @@ def test_models_the_fused_graph_does_not_cover_use_the_generic_export(make_tiny_
     np.testing.assert_allclose(ox.score(QUERIES[0], DOCS), ref.score(QUERIES[0], DOCS), atol=1e-4, rtol=0)
 
 
+def test_generic_export_works_for_a_vocabulary_smaller_than_the_sample_ids(minilm_path, tmp_path):
+    """The tracing sample stays inside the model's vocabulary (a 300-token model failed to export)."""
+    import torch
+    import transformers
+
+    from unirank.backends.onnx import make_session, onnx_model_file
+
+    config = transformers.BertConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        hidden_act="gelu_new", num_labels=1,
+    )  # gelu_new: not the fused graph, the torch export
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    path = onnx_model_file(tmp_path / "m", "seqcls", model=model, tokenizer=tokenizer, cache_dir=tmp_path)
+    ids = torch.tensor([[1, 17, 299, 5, 2, 0], [1, 9, 8, 2, 0, 0]])
+    mask = (ids != 0).long()
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": 0 * ids.numpy()}
+    session = make_session(path)
+    names = {i.name for i in session.get_inputs()}
+    got = session.run(None, {k: v for k, v in feed.items() if k in names})[0]
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 def test_bad_backend_options(make_tiny_bert):
     from unirank import Reranker
 

@@ -107,6 +107,9 @@ def _export(model: Any, kind: str, names: list[str], out: Path, opset: int) -> N
     # eval() on the wrapper matters: export restores the wrapper's training flag (recursively) afterwards
     wrapper = _Wrapper(model).eval()
     ids = torch.tensor([[101, 2054, 5320, 4542, 102, 4542, 2003, 2300, 102, 0]] * 2, dtype=torch.long)
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab > 1:  # any sample ids work for tracing, but they must exist in a small vocabulary
+        ids = torch.where(ids == 0, ids, 1 + ids % (vocab - 1))
     sample = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
     sample["attention_mask"][1, 6:] = 0
     output = "logits" if kind == "seqcls" else "last_hidden_state"
