@@ -185,3 +185,39 @@ def test_cli_and_bad_arguments(dl19, tmp_path, capsys):
         RerankJob.from_files(run_file, tmp_path / "nope.jsonl", tmp_path / "q.tsv")
     with pytest.raises(ValueError, match="queries file"):
         RerankJob.from_files(run_file, tmp_path / "ref.trec")
+
+
+def test_local_worker_killed_midway_is_a_typed_error_and_resume_is_byte_identical(
+    make_tiny_bert, dl19, tmp_path
+):
+    """A local worker SIGKILLed inside a shard (parked there by tests/_worker_kill.py) stops the job with
+    ``WorkerLostError`` (it was a bare ``BrokenProcessPool``); the resumed job writes the bytes of an
+    uninterrupted one."""
+    from _worker_kill import KillSwitchCache, kill_when_parked
+    from unirank.distributed import WorkerLostError
+
+    spec = f"ce:{make_tiny_bert('seqcls', seed=12)}"
+
+    def job(folder):
+        opts = {"cache": KillSwitchCache(folder)}
+        return RerankJob.from_dataset(dl19, "bm25", spec, depth=5, shard_size=8, options=opts)
+
+    (tmp_path / "ref").mkdir()
+    threads = {"threads": 1}
+    ref = tmp_path / "ref.trec"
+    run_job(job(tmp_path / "ref"), ref, workers=0, show_progress=False, engine_options=threads)
+    switch, out, ckpt = tmp_path / "switch", tmp_path / "out.trec", tmp_path / "ck"
+    switch.mkdir()
+    killing = job(switch)
+    KillSwitchCache(switch).arm(3)
+    killed = kill_when_parked(switch)
+    with pytest.raises(WorkerLostError, match=r"a worker process died .*resume=True \(--resume\)"):
+        run_job(killing, out, workers=1, checkpoint_dir=ckpt, show_progress=False, engine_options=threads)
+    assert len(killed) == 1 and not out.exists()
+    committed = len(Checkpoint(ckpt, killing, resume=True).done())
+    assert committed < 6
+    res = run_job(
+        killing, out, workers=0, checkpoint_dir=ckpt, resume=True, show_progress=False, engine_options=threads
+    )
+    assert (res.shards_scored, res.shards_resumed) == (6 - committed, committed)
+    assert out.read_bytes() == ref.read_bytes()

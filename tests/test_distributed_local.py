@@ -33,12 +33,14 @@ def _job(spec: str) -> RerankJob:
 
 @pytest.fixture(scope="module")
 def reference(tiny_ce, tmp_path_factory):
-    """An uninterrupted run with one worker process: output bytes and committed shard bytes."""
+    """An uninterrupted run with one worker process and the killed runs' thread count (1): output bytes and
+    committed shard bytes."""
     tmp = tmp_path_factory.mktemp("ref")
     job = _job(tiny_ce)
     res = run_job(
-        job, tmp / "out.trec", workers=1, checkpoint_dir=tmp / "ck", keep_checkpoint=True, show_progress=False
-    )
+        job, tmp / "out.trec", workers=1, checkpoint_dir=tmp / "ck", keep_checkpoint=True,
+        show_progress=False, engine_options={"threads": 1},
+    )  # fmt: skip
     assert res.shards_scored == len(job.shards) == 22
     cp = Checkpoint(tmp / "ck", job, resume=True)
     return (tmp / "out.trec").read_bytes(), {i: cp.shard_path(i).read_bytes() for i in range(22)}

@@ -37,7 +37,8 @@ def test_bare_pylate_folder_resolves_to_colbert_and_scores_like_the_prefix(pylat
     bare = Reranker(str(pylate_folder))
     assert type(bare).__name__ == "ColBERTRanker"
     explicit = Reranker(f"colbert:{pylate_folder}")
-    np.testing.assert_array_equal(bare.score("what causes rain", DOCS), explicit.score("what causes rain", DOCS))
+    q = "what causes rain"
+    np.testing.assert_array_equal(bare.score(q, DOCS), explicit.score(q, DOCS))
 
 
 def test_colbert_is_read_from_each_of_its_own_signals(tmp_path):
@@ -110,7 +111,7 @@ def test_a_file_is_not_a_model_folder(tmp_path):
     weights.write_bytes(b"")
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"")
-    with pytest.raises(SpecError, match="is a file, not a model folder$"):
+    with pytest.raises(SpecError, match=r"is a file, not a model folder$"):
         resolve(str(weights))
     with pytest.raises(SpecError, match="llm-pointwise:<file>"):
         Reranker(f"ce:{gguf}")

@@ -7,7 +7,15 @@
 
 from __future__ import annotations
 
-from .job import Checkpoint, JobInputError, RerankJob, ValidationReport
+from .job import Checkpoint, JobInputError, RerankJob, ValidationReport, WorkerLostError
 from .runner import JobResult, run_job
 
-__all__ = ["Checkpoint", "JobInputError", "JobResult", "RerankJob", "ValidationReport", "run_job"]
+__all__ = [
+    "Checkpoint",
+    "JobInputError",
+    "JobResult",
+    "RerankJob",
+    "ValidationReport",
+    "WorkerLostError",
+    "run_job",
+]

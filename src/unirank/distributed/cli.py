@@ -34,6 +34,7 @@ def cmd_rerank_run(args: argparse.Namespace) -> int:
             "num_cpus": args.cpus_per_worker,
             "num_gpus": args.gpus_per_worker,
             "window": args.ray_window,
+            "max_retries": args.max_retries,
         }
         if args.ray_address:
             engine_options["address"] = args.ray_address
@@ -95,6 +96,9 @@ def add_subparser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1, help="Ray: CPUs per actor")
     p.add_argument("--gpus-per-worker", type=float, default=0, help="Ray: GPUs per actor")
     p.add_argument("--ray-window", type=int, default=2048, help="Ray: shards per Dataset (bounds memory)")
+    p.add_argument(
+        "--max-retries", type=int, default=3, help="Ray: retries of a shard whose worker died (then stop)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="ranker option, repeatable")
     p.set_defaults(func=cmd_rerank_run)

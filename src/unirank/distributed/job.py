@@ -33,7 +33,15 @@ from ..eval._files import _lines
 from ..eval.io import Dataset, Run, atomic_write, load_beir, read_corpus, read_queries, write_trec_run
 from ..types import Document
 
-__all__ = ["Checkpoint", "JobInputError", "RerankJob", "ValidationReport", "read_run_lenient", "score_shard"]
+__all__ = [
+    "Checkpoint",
+    "JobInputError",
+    "RerankJob",
+    "ValidationReport",
+    "WorkerLostError",
+    "read_run_lenient",
+    "score_shard",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,12 @@ _FORMAT = 1
 
 class JobInputError(UniRankError, ValueError):
     """Invalid job input under ``strict=True`` (unknown queries, missing documents, duplicates)."""
+
+
+class WorkerLostError(UniRankError, RuntimeError):
+    """A worker process died (SIGKILL, OOM killer, lost node) and its shards could not be scored: the Ray
+    engine after its retries are used up, the local engine at once. Committed shards stay in the checkpoint;
+    ``resume=True`` (``--resume``) scores the rest."""
 
 
 # -- input ------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The parent process owns the checkpoint: it hands shards to workers, commits each finished shard atomically
 and draws the progress bar. Ctrl-C stops the workers and leaves every committed shard in place; a SIGKILL
-of the parent makes the workers exit within a second (they watch their parent). Either way
-``resume=True`` continues with the shards not committed.
+of the parent makes the workers exit within a second (they watch their parent); a worker that dies (SIGKILL,
+the OOM killer) stops the job with :class:`~.job.WorkerLostError`. Either way ``resume=True`` continues
+with the shards not committed.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..cpus import available_cores
-from .job import RerankJob, build_ranker, score_shard
+from .job import RerankJob, WorkerLostError, build_ranker, score_shard
 from .runner import JobResult, Session
 
 __all__ = ["run_local"]
@@ -133,6 +135,12 @@ def _pool(job: RerankJob, session: Session, workers: int, threads: int | None) -
             for fut in finished:
                 index, run, tag, pid, seconds = fut.result()
                 session.commit(index, run, tag, pid=pid, seconds=seconds)
+    except BrokenProcessPool as exc:
+        _stop(ex)
+        raise WorkerLostError(
+            f"a worker process died ({exc}); {len(session.ckpt.done())} of {len(job.shards)} shards are "
+            f"committed in {session.ckpt.folder}: rerun with resume=True (--resume) to score the rest"
+        ) from exc
     except BaseException:
         _stop(ex)
         raise

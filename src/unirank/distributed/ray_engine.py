@@ -7,6 +7,12 @@ reserving ``num_cpus`` / ``num_gpus``. The driver streams results back and commi
 checkpoint directory as the local engine (so a job may be started with one engine and resumed with the
 other), then assembles the output atomically. Ray schedules everything: no home-made scheduler or RPC.
 
+A worker killed mid-run (SIGKILL, the OOM killer, a lost node) costs only its in-flight shards: the actor is
+restarted (``max_restarts=-1``) and each of its shards is retried up to ``max_retries`` times
+(``max_task_retries``), so the job finishes with the same bytes as an uninterrupted run. A shard that still
+fails (one that kills its worker every time) stops the job with :class:`~.job.WorkerLostError`; every
+committed shard stays, and ``resume=True`` scores the rest.
+
 ``address=None`` starts a local Ray (``init_num_cpus`` caps it) unless one is already initialised; pass
 ``address="auto"`` or ``"ray://head:10001"`` to use an existing cluster, whose nodes need unirank and the
 model installed (or a ``runtime_env``). Only the driver touches the checkpoint directory, so workers need no
@@ -24,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from .job import RerankJob, build_ranker, score_shard
+from .job import RerankJob, WorkerLostError, build_ranker, score_shard
 from .runner import JobResult, Session
 
 __all__ = ["ShardScorer", "run_ray"]
@@ -71,11 +77,15 @@ def run_ray(
     show_progress: bool = True,
     ray_remote_args: dict[str, Any] | None = None,
     window: int = 2048,
+    max_retries: int = 3,
 ) -> JobResult:
     """Score ``job``'s pending shards on Ray with ``actors`` actors of ``num_cpus`` / ``num_gpus`` each.
 
     Pending shards go to Ray ``window`` at a time (each window is one Dataset, so one actor pool and one
     model load per actor per window), which bounds the payloads held by the driver and the object store.
+    A dead actor is restarted and its shards retried up to ``max_retries`` times each; after that the
+    job stops with :class:`~unirank.distributed.job.WorkerLostError` (``ray_remote_args`` may set
+    ``max_restarts`` / ``max_task_retries`` directly).
     Ray is initialised here when it is not already (``address``, and ``init_num_cpus`` for a local
     start) and shut down again afterwards in that case only. Same checkpoint and resume contract as
     :func:`unirank.distributed.local.run_local`.
@@ -87,6 +97,9 @@ def run_ray(
     for name, value in (("actors", actors), ("window", window)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    remote = {"max_restarts": -1, "max_task_retries": max_retries, **(ray_remote_args or {})}
     session = Session(job, out, "ray", actors, checkpoint_dir, resume, show_progress)
     started = False
     try:
@@ -97,7 +110,16 @@ def run_ray(
                     init["num_cpus"] = init_num_cpus
                 ray.init(address=address, **init)
                 started = True
-            _score_on_ray(ray, job, session, actors, num_cpus, num_gpus, ray_remote_args or {}, window)
+            try:
+                _score_on_ray(ray, job, session, actors, num_cpus, num_gpus, remote, window)
+            except _worker_death_errors(ray) as exc:
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                raise WorkerLostError(
+                    "a Ray worker died and a shard still failed after "
+                    f"max_retries={remote['max_task_retries']} ({type(exc).__name__}: {first_line}); "
+                    f"{len(session.ckpt.done())} of {len(job.shards)} shards are committed in "
+                    f"{session.ckpt.folder}: rerun with resume=True (--resume) to score the rest"
+                ) from exc
     except BaseException:
         session.abort()
         raise
@@ -105,6 +127,12 @@ def run_ray(
         if started:
             ray.shutdown()
     return session.finish(keep_checkpoint)
+
+
+def _worker_death_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a dead worker, actor or node (not those raised by the ranker's own code)."""
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
 
 
 def _score_on_ray(
