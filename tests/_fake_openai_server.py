@@ -9,6 +9,14 @@ position), and echoed prompt token log-probabilities. Chat messages are rendered
 Faults are injected per request from ``server.faults`` (consumed in order): ``"429:<retry-after>"``,
 ``"500"``, ``"slow:<seconds>"``, ``"garbage"`` (200 with malformed JSON), ``"empty"`` (200 without choices).
 Every request is recorded in ``server.requests``.
+
+It also misbehaves the way real servers do, on every request while ``server.misbehave`` is set (or once, as a
+fault of the same name): ``"nologprobs"`` (``logprobs: null``: logprobs unsupported or dropped, as Ollama's
+and several hosted endpoints did), ``"emptytext"`` (empty text, no logprobs), ``"nullcontent"`` (chat
+``content: null`` with the text in ``reasoning_content``, as vLLM's reasoning parser answers when the
+budget ends inside the reasoning), ``"reasoning"`` (a ``<think>...</think>`` trace before the answer, and a
+first-token distribution that is all reasoning tokens), ``"nan"`` (NaN log-probabilities). ``served_name``
+set: every answer names that model whatever was asked (llama.cpp's server ignores the ``model`` field).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ class FakeOpenAIServer:
     def __init__(self, engine: Any, model_name: str = "test-model", max_logprobs: int = 20) -> None:
         self.engine, self.model_name, self.max_logprobs = engine, model_name, max_logprobs
         self.faults: list[str] = []
+        self.misbehave: str | None = None
+        self.served_name: str | None = None
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -66,6 +76,7 @@ class FakeOpenAIServer:
                         {"path": self.path, "headers": dict(self.headers), "t": time.time()}
                     )
                     fault = server.faults.pop(0) if server.faults else None
+                bad = fault if fault in MISBEHAVIOURS else server.misbehave
                 if fault:
                     kind, _, arg = fault.partition(":")
                     if kind == "429":
@@ -88,6 +99,10 @@ class FakeOpenAIServer:
                         return self._send(404, b'{"error": "not found"}')
                 except ValueError as exc:
                     return self._send(400, json.dumps({"error": str(exc)}).encode())
+                if bad:
+                    _misbehave(bad, out)
+                if server.served_name:
+                    out["model"] = server.served_name
                 self._send(200, json.dumps(out).encode())
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -158,7 +173,7 @@ class FakeOpenAIServer:
         return {"object": "text_completion", "model": self.model_name, "choices": [choice]}
 
     def chat(self, p: dict[str, Any]) -> dict[str, Any]:
-        prompt = messages_to_text(p["messages"], self.engine.tokenizer)
+        prompt = messages_to_text([_flat(m) for m in p["messages"]], self.engine.tokenizer)
         ids = self.engine.encode(prompt)
         choice: dict[str, Any] = {
             "index": 0,
@@ -173,3 +188,56 @@ class FakeOpenAIServer:
                 "content": [{"token": top[0][0], "logprob": top[0][1], "top_logprobs": entries}]
             }
         return {"object": "chat.completion", "model": self.model_name, "choices": [choice]}
+
+
+def _flat(message: dict[str, Any]) -> dict[str, Any]:
+    """A vision message's text parts joined (images are dropped: the backing model reads text only)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text"]
+        return {**message, "content": "\n".join(parts)}
+    return message
+
+
+MISBEHAVIOURS = ("nologprobs", "emptytext", "nullcontent", "reasoning", "nan")
+THINK = "<think>\nPassage [2] talks about rain, [1] is short; maybe 3 > 1.\n</think>\n\n"
+
+
+def _misbehave(kind: str, out: dict[str, Any]) -> None:
+    """Rewrite a correct answer the way a misbehaving real server would (see the module docstring)."""
+    for choice in out["choices"]:
+        msg = choice.get("message")
+        lp = choice.get("logprobs")
+        if kind in ("nologprobs", "emptytext", "nullcontent"):
+            choice["logprobs"] = None
+        if kind == "emptytext":
+            if msg is not None:
+                msg["content"] = ""
+            else:
+                choice["text"] = ""
+        elif kind == "nullcontent" and msg is not None:
+            msg["reasoning_content"], msg["content"] = THINK.strip(), None
+        elif kind == "nullcontent":
+            choice["text"] = ""
+        elif kind == "reasoning":
+            if msg is not None:
+                msg["content"] = THINK + msg["content"]
+            else:
+                choice["text"] = THINK + choice["text"]
+            top = {"<think>": -0.01, "Okay": -5.2, "\n": -6.0}
+            if lp and "content" in lp:
+                entries = [{"token": t, "logprob": v} for t, v in top.items()]
+                lp["content"] = [{"token": "<think>", "logprob": -0.01, "top_logprobs": entries}]
+            elif lp and lp.get("top_logprobs"):
+                lp.update(tokens=["<think>"], token_logprobs=[-0.01], top_logprobs=[top])
+        elif kind == "nan" and lp:
+            if "content" in lp:
+                for item in lp["content"]:
+                    item["logprob"] = float("nan")
+                    for t in item.get("top_logprobs") or []:
+                        t["logprob"] = float("nan")
+            else:
+                lp["token_logprobs"] = [None if x is None else float("nan") for x in lp["token_logprobs"]]
+                lp["top_logprobs"] = [
+                    {k: float("nan") for k in d} if d else d for d in lp.get("top_logprobs") or []
+                ]

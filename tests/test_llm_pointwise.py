@@ -82,10 +82,13 @@ def test_server_engine_gives_the_local_scores(mode, tiny_engine, tiny_server):
     np.testing.assert_allclose(sorted(got.scores), sorted(local), atol=1e-3)
 
 
-def test_chat_endpoint_and_missing_labels(tiny_server):
+def test_chat_endpoint_and_missing_labels(tiny_server, caplog):
     r = Reranker("llm-pointwise:test-model", base_url=tiny_server.base_url, endpoint="chat", top_logprobs=5)
-    scores = r.score(Q, DOCS)  # yes/no are rarely in a random model's top 5: floored, still finite
-    assert len(scores) == 3 and all(np.isfinite(scores))
+    # yes/no are rarely in a random model's top 5: with neither label listed, flooring both would give
+    # every document the same score 0.0; such pairs are NaN, with a warning (issue 14)
+    scores = r.score(Q, DOCS)
+    assert len(scores) == 3 and np.isnan(scores).all()
+    assert "name none of the labels" in caplog.text
     with pytest.raises(ValueError, match="completions"):
         Reranker("llm-pointwise:openai:m", base_url=tiny_server.base_url, endpoint="chat", mode="likelihood")
 

@@ -86,7 +86,9 @@ class Ranker(ABC):
         q, d = self._validate([query], [docs])
         if not d[0]:
             return []
-        return [float(x) for x in self._score_many(q, d)[0]]
+        scores = self._score_many(q, d)
+        warn_unusable(self.name, scores)
+        return [float(x) for x in scores[0]]
 
     def rank(
         self,
@@ -216,6 +218,7 @@ class Ranker(ABC):
         top_k: int | None,
         normalize: str | None,
     ) -> list[RankedResults]:
+        warn_unusable(self.name, scores)
         out = []
         for q, d, s in zip(qs, ds, scores):
             s, applied = normalize_scores(s, self.score_kind, normalize, self.calibrator)
@@ -241,6 +244,16 @@ def check_rank_options(top_k: Any, normalize: Any) -> None:
         raise ValueError(f"top_k must be None or an integer >= 0, got {top_k!r}")
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize={normalize!r}; expected one of {NORMALIZATIONS}")
+
+
+def warn_unusable(name: str, scores: Sequence[Any]) -> int:
+    """Warn when scores are NaN (the model or server returned nothing usable); return how many. A NaN
+    score ranks last: it is never replaced by a number that looks like a real score."""
+    bad = sum(int(np.isnan(np.asarray(s, dtype=np.float64)).sum()) for s in scores)
+    if bad:
+        n = sum(len(s) for s in scores)
+        logger.warning("%s: %d of %d scores are NaN: nothing usable came back for them", name, bad, n)
+    return bad
 
 
 def has_image(doc: Document) -> bool:
@@ -370,14 +383,8 @@ def _aggregate(
             fin = arr[np.isfinite(arr)]
             if fin.size == 0:
                 vals.append(float("nan"))
-            elif how == "max":
-                vals.append(float(fin.max()))
-            elif how == "first":
-                vals.append(float(arr[0]))
-            elif how == "sum":
-                vals.append(float(fin.sum()))
-            else:
-                vals.append(float(fin.mean()))
+            else:  # "first", or fin.max() / fin.sum() / fin.mean()
+                vals.append(float(arr[0] if how == "first" else getattr(fin, how)()))
         out.append(np.asarray(vals))
     return out
 

@@ -105,6 +105,7 @@ class OpenAICompatEngine:
         self.requests_sent = 0
         self._sems: dict[int, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
+        self._model_warned = False
 
     def __repr__(self) -> str:
         return f"OpenAICompatEngine({self.model!r}, base_url={self.base_url!r})"
@@ -152,6 +153,7 @@ class OpenAICompatEngine:
                             and isinstance(data.get("choices"), list)
                             and data["choices"]
                         ):
+                            self._check_model(data.get("model"))
                             return data
                         last = f"malformed response: {resp.text[:200]!r}"
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
@@ -161,6 +163,18 @@ class OpenAICompatEngine:
                     logger.warning("%s failed (%s); retry %d in %.2fs", url, last, attempt + 1, wait)
                     await asyncio.sleep(wait)
         raise ServerError(f"{url} failed after {self.max_retries + 1} attempts; last error: {last}")
+
+    def _check_model(self, served: Any) -> None:
+        """Warn once when the server names another model than the one asked for (llama.cpp's server
+        ignores the ``model`` field and answers with whatever it loaded)."""
+        if isinstance(served, str) and served and served != self.model and not self._model_warned:
+            self._model_warned = True
+            logger.warning(
+                "%s answered as model %r, not the requested %r: it may be serving another model",
+                self.base_url,
+                served,
+                self.model,
+            )
 
     # -- endpoints ----------------------------------------------------------------------------------------
     async def achat(
@@ -186,7 +200,13 @@ class OpenAICompatEngine:
         msg = choice.get("message") or {}
         text = msg.get("content")
         if not isinstance(text, str):
-            raise ServerError(f"chat response without text content: {str(choice)[:200]}")
+            hint = (
+                " (the answer is all reasoning_content: a reasoning model that ran out of max_tokens while "
+                "thinking, or the server's reasoning parser kept the answer)"
+                if msg.get("reasoning_content") or msg.get("reasoning")
+                else ""
+            )
+            raise ServerError(f"chat response without text content{hint}: {str(choice)[:200]}")
         out = Completion(text)
         content = (choice.get("logprobs") or {}).get("content") or []
         for item in content:

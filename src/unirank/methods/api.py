@@ -264,7 +264,12 @@ class APIRanker(Ranker):
         kind = resp_headers.get(SCORE_KIND_HEADER)
         if self.provider == "unirank" and kind in ScoreKind._value2member_map_:
             self.score_kind = ScoreKind(kind)
-        for index, score in self._parse(data, style, len(docs)):
+        got = self._parse(data, style, len(docs))
+        top_sent = body.get(style.top_field) if style.top_field else None
+        want = len(docs) if top_sent is None else int(top_sent)
+        if len(got) < want:  # the unscored documents would rank last with no word of why
+            raise APIError(f"{self.name}: {style.path} returned {len(got)} results for {want} documents")
+        for index, score in got:
             into[offset + index] = score
 
     async def _post(self, client: Any, path: str, body: dict[str, Any]) -> tuple[Any, Any]:

@@ -251,6 +251,12 @@ class ListT5Ranker(Ranker):
         picks: list[int] = []
         while len(picks) < len(docs) - 1:
             logits = self.index_logits(query, docs, picks, encoded)
+            if not picks and not np.isfinite(logits).any():  # NaN logits: argmax would pick index 0
+                logger.warning(
+                    "%s: the model's index logits are not finite (NaN); the window of %d keeps no real order",
+                    self.name,
+                    len(docs),
+                )
             logits[picks] = -np.inf
             picks.append(int(np.argmax(logits)))
         picks += [i for i in range(len(docs)) if i not in picks]

@@ -18,6 +18,7 @@ options ``method="generate"|"first"``, ``prompt="rankgpt"|"rankzephyr"``, ``wind
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,16 @@ from ..prompts import ListwisePrompt, get_prompt, identifiers, messages_to_text,
 from ..types import Document, ScoreKind
 from .llm_pointwise import build_engine, is_local
 
-__all__ = ["FirstWindow", "GenerationWindow", "LLMListwiseRanker", "Parsed", "parse_permutation"]
+__all__ = [
+    "FirstWindow",
+    "GenerationWindow",
+    "LLMListwiseRanker",
+    "Parsed",
+    "parse_permutation",
+    "strip_reasoning",
+]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,17 @@ def parse_permutation(text: str, n: int, style: str = "numeric") -> Parsed:
             order.append(i)
     missing = [i for i in range(n) if i not in seen]
     return Parsed(order + missing, unknown, duplicates, len(missing))
+
+
+def strip_reasoning(text: str) -> str:
+    """Drop ``<think>...</think>`` reasoning traces (and an unterminated one) from a model's answer, so
+    passage numbers mentioned while thinking are not read as the ranking.
+
+    >>> strip_reasoning("<think>maybe [1]</think>[2] > [1]")
+    '[2] > [1]'
+    """
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)
+    return text.split("<think>")[0]
 
 
 class _Window:
@@ -136,9 +157,17 @@ class _Window:
                 return ids  # type: ignore[no-any-return]
             budget -= max(1, (len(ids) - limit) // max(len(docs), 1))
 
-    def _count(self, parsed: Parsed) -> list[int]:
+    def _count(self, parsed: Parsed, text: str = "") -> list[int]:
         self.stats["windows"] += 1
         self.stats["repaired"] += int(parsed.repaired)
+        n = len(parsed.order)
+        if n > 1 and parsed.missing == n:  # nothing usable: the "ranking" would be the input order
+            self.stats["unusable"] = self.stats.get("unusable", 0) + 1
+            logger.warning(
+                "listwise output names none of the %d passages (%r); the window keeps its input order",
+                n,
+                text[:80],
+            )
         return parsed.order
 
 
@@ -185,8 +214,8 @@ class GenerationWindow(_Window):
         n_new = self._new_tokens(len(docs))
         ids = self.local_prompt(query, docs, n_new, self.assistant_prefix)
         self.stats["calls"] += 1
-        text = self.engine.generate([ids], n_new, stop=self.stop)[0]
-        return self._count(parse_permutation(self.assistant_prefix + text, len(docs), self.style))
+        text = strip_reasoning(self.assistant_prefix + self.engine.generate([ids], n_new, stop=self.stop)[0])
+        return self._count(parse_permutation(text, len(docs), self.style), text)
 
     async def arank_window(self, query: str, docs: list[Document]) -> list[int]:
         if len(docs) <= 1:
@@ -204,7 +233,8 @@ class GenerationWindow(_Window):
             prompt = messages_to_text(msgs, None, self.assistant_prefix)
             got = await self.engine.acomplete(prompt, max_tokens=n_new, stop=self.stop)
             text = self.assistant_prefix + got.text
-        return self._count(parse_permutation(text, len(docs), self.style))
+        text = strip_reasoning(text)
+        return self._count(parse_permutation(text, len(docs), self.style), text)
 
 
 class FirstWindow(_Window):
@@ -232,6 +262,13 @@ class FirstWindow(_Window):
 
     def order(self, lp: np.ndarray) -> list[int]:
         self.stats["windows"] += 1
+        if len(lp) > 1 and not np.isfinite(lp).any():
+            self.stats["unusable"] = self.stats.get("unusable", 0) + 1
+            logger.warning(
+                "FIRST: no usable log-probability for any of the %d identifiers (NaN, or none listed); "
+                "the window keeps its input order",
+                len(lp),
+            )
         return [int(i) for i in np.argsort(-np.nan_to_num(lp, nan=-np.inf), kind="stable")]
 
     def window_logprobs(self, query: str, docs: list[Document]) -> np.ndarray:
@@ -249,7 +286,11 @@ class FirstWindow(_Window):
             got = await self.engine.achat(msgs, max_tokens=1, top_logprobs=k)
         else:
             got = await self.engine.acomplete(messages_to_text(msgs, None, "["), max_tokens=1, logprobs=k)
-        top = got.top_logprobs[0] if got.top_logprobs else {}
+        if not got.top_logprobs or not got.top_logprobs[0]:
+            from ..backends.openai_compat import ServerError
+
+            raise ServerError(f"{self.engine.base_url} returned no top_logprobs; FIRST needs them")
+        top = got.top_logprobs[0]
         out = []
         for x in identifiers(len(docs), "alpha"):
             # the identifier token itself (after "[" it has no space); lower-casing tokenizers last

@@ -30,7 +30,8 @@ Scores:
   also a "reviewer" score for generated candidates; :attr:`ScoreKind.UNBOUNDED`).
 
 A server's ``top_logprobs`` list may miss a label; the label then gets the smallest listed log-probability
-(an upper bound).
+(an upper bound). When it lists none of the labels (no log-probabilities, a reasoning model's ``<think>``),
+the pair scores NaN with a warning: flooring every label would give every document the same score.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..base import PointwiseRanker, _aggregate
 from ..prompts import PointwisePrompt, cap_pieces, get_prompt
 from ..types import Document, ScoreKind
 
-__all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "label_logprob"]
+__all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "has_label", "label_logprob"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,16 @@ def label_logprob(top: dict[str, float], label: str, prefix: str = " ") -> float
     if hits:
         return float(np.logaddexp.reduce(hits))
     return float(min(top.values())) if top else float("-inf")
+
+
+def has_label(top: dict[str, float], label: str, prefix: str = " ") -> bool:
+    """Whether a server's top-logprobs list holds ``label`` in any of the spellings
+    :func:`label_logprob` accepts.
+
+    >>> has_label({"<think>": -0.1}, "yes"), has_label({" yes": -1.0}, "yes")
+    (False, True)
+    """
+    return prefix + label in top or label in top or any(t.strip() == label for t in top)
 
 
 class LLMPointwiseRanker(PointwiseRanker):
@@ -285,6 +296,17 @@ class LLMPointwiseRanker(PointwiseRanker):
         else:
             got = await e.acomplete(prompt, max_tokens=1, logprobs=self.top_logprobs)
         top = got.top_logprobs[0] if got.top_logprobs else {}
+        if not any(has_label(top, w, self.prompt.label_prefix) for w in self.prompt.labels):
+            # no log-probabilities, or none for any label (a reasoning model's first token is "<think>"):
+            # the smallest-listed fallback would give every document the same score
+            logger.warning(
+                "%s: the server's first-token log-probabilities name none of the labels %s (got %s); "
+                "the pair is scored NaN",
+                self.name,
+                list(self.prompt.labels),
+                sorted(top, key=lambda t: -top[t])[:5] if top else "none",
+            )
+            return np.array([np.nan])
         lp = np.array([[label_logprob(top, w, self.prompt.label_prefix) for w in self.prompt.labels]])
         if not np.isfinite(lp).all():
             return np.array([np.nan])

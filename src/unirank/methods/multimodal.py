@@ -264,7 +264,8 @@ class VLMApiRanker(Ranker):
         top_logprobs: how many candidate tokens to ask for.
 
     A token missing from ``top_logprobs`` gets the smallest log-probability listed (an upper bound on its
-    own); a server that returns no log-probabilities at all is an error, not a silent guess.
+    own); with neither token listed the document scores NaN, with a warning; a server that returns no
+    log-probabilities at all is an error, not a silent guess.
 
     >>> VLMApiRanker("Qwen/Qwen2-VL-2B-Instruct", base_url="http://127.0.0.1:8000/v1").engine.model
     'Qwen/Qwen2-VL-2B-Instruct'
@@ -317,6 +318,16 @@ class VLMApiRanker(Ranker):
         if not top or not top[0]:
             raise ServerError(f"{self.engine.base_url} returned no top_logprobs; the VLM score needs them")
         first = top[0]
+        if not any(k.strip() == t for k in first for t in self.tokens):
+            # neither token listed (a reasoning model's "<think>", another casing): the floor for both
+            # would score every document 0
+            logger.warning(
+                "%s: the server's top_logprobs name neither of %s (got %s); the document is scored NaN",
+                self.name,
+                list(self.tokens),
+                sorted(first, key=lambda t: -first[t])[:5],
+            )
+            return float("nan")
         floor = min(first.values())
         lp = [max((v for k, v in first.items() if k.strip() == t), default=floor) for t in self.tokens]
         return float(lp[1] - lp[0]) if all(math.isfinite(x) for x in lp) else float("nan")
