@@ -1,6 +1,13 @@
-"""DRAFT for tests/test_layerwise.py: a tiny random MiniCPM layer-wise checkpoint (FlagEmbedding's key layout)
-scored by LayerwiseRanker vs. a hand-written MiniCPM forward (embeddings x scale_emb, residual branches x
-scale_depth / sqrt(L), RMSNorm, RoPE, GQA attention, SiLU MLP, per-layer scalar heads)."""
+"""bge-reranker-v2-minicpm-layerwise (``layerwise``) on a tiny random MiniCPM layer-wise checkpoint
+(FlagEmbedding's key layout), against a hand-written MiniCPM forward (embeddings x scale_emb, residual
+branches x scale_depth / sqrt(L), RMSNorm, RoPE, GQA attention, SiLU MLP, per-layer scalar heads).
+
+Reference parity (issue 14): FlagEmbedding 1.4.2 ``LayerWiseFlagLLMReranker.compute_score`` on this
+checkpoint, fp32 CPU, transformers 4.51.3 in its own environment (it does not import under transformers 5 and
+breaks under 4.57): max |unirank - FlagEmbedding| = 8.3e-7 over cutoff layers 2, 4, 5 and a 500-token query
+(1.4e-6 when the issue was filed). Command and record: ``tests/test_reference_parity.py``. The defaults differ
+on purpose: unirank's ``cutoff_layer`` is 28 (the model card's example), FlagEmbedding's the last layer.
+"""
 
 from __future__ import annotations
 
@@ -158,6 +165,12 @@ def test_bad_checkpoints(tiny, tmp_path):
     path, _, cfg = tiny
     with pytest.raises(ValueError, match="cutoff_layer"):
         LayerwiseRanker(str(path), cutoff_layer=1)
+    # the default (28, the model card's example) does not exist in a 5-layer model: the error names the
+    # last layer, FlagEmbedding's default
+    with pytest.raises(
+        ValueError, match=r"cutoff_layer=28 must be in \[2, 5\].*cutoff_layer=5.*FlagEmbedding"
+    ):
+        LayerwiseRanker(str(path))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text(

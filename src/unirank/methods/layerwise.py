@@ -5,6 +5,10 @@ with one scalar head ``lm_head.<i>.linear_head.weight`` (``1 x hidden``) per lay
 ``num_hidden_layers`` (``head_type: simple``, ``head_multi: true``). FlagEmbedding's
 ``LayerWiseLLMReranker`` scores a pair at cutoff layer ``c`` as ``head[c - start_layer] . RMSNorm(h_c)`` at
 the last real token, ``h_c`` the hidden state after ``c`` decoder layers (the final norm's weights).
+unirank's default ``cutoff_layer`` is 28, the model card's example; FlagEmbedding's own default is the last
+layer (``num_hidden_layers``: 40), so its out-of-the-box scores equal ``cutoff_layer=40`` here, not the
+default. At the same cutoff layer unirank equals FlagEmbedding 1.4.2 (transformers 4.51) to 8.3e-7 on a tiny
+random checkpoint, fp32 CPU (``benchmarks/parity/run_parity.py``).
 
 MiniCPM is Llama plus three scalars, all folded into weights here so a plain ``LlamaModel`` runs it:
 embeddings times ``scale_emb``; each residual branch (``o_proj``, ``down_proj``) times
@@ -58,7 +62,10 @@ class LayerwiseRanker(PointwiseRanker):
 
     Args:
         model_name_or_path: a ``LayerWiseMiniCPMForCausalLM`` checkpoint (folder or hub id).
-        cutoff_layer: which layer's score to use (``start_layer..num_hidden_layers``; the model card uses 28).
+        cutoff_layer: which layer's score to use (``start_layer..num_hidden_layers``). Default 28, the model
+            card's example (``cutoff_layers=[28]``); FlagEmbedding's ``LayerWiseFlagLLMReranker`` defaults
+            to the last layer (``num_hidden_layers``, 40 in the published checkpoint), so pass
+            ``cutoff_layer=40`` to get the scores of its default.
         prompt: the instruction appended after the pair. max_length: query + passage token budget (512).
         batch_size, device, dtype, revision, name: as for the other HF rankers.
 
@@ -98,7 +105,10 @@ class LayerwiseRanker(PointwiseRanker):
             raise SpecError(f"{model_name_or_path}: head_type={cfg.get('head_type')!r}; only 'simple' heads")
         n_layers, start = int(cfg["num_hidden_layers"]), int(cfg.get("start_layer", 8))
         if not start <= cutoff_layer <= n_layers:
-            raise ValueError(f"cutoff_layer={cutoff_layer} must be in [{start}, {n_layers}]")
+            raise ValueError(
+                f"cutoff_layer={cutoff_layer} must be in [{start}, {n_layers}] (the last layer, "
+                f"cutoff_layer={n_layers}, is FlagEmbedding's default)"
+            )
         if int(cfg.get("pretraining_tp", 1)) != 1 or cfg.get("rope_scaling"):
             raise SpecError(f"{model_name_or_path}: pretraining_tp > 1 / rope_scaling are not supported")
         self.cutoff_layer, self.prompt, self.max_length, self.batch_size = (
