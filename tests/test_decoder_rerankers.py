@@ -158,7 +158,7 @@ LONG_Q = " ".join(f"why does rain fall from cloud {i}" for i in range(70))  # ~4
 LONG_DOC = " ".join(f"water vapour condenses into droplet {i} and falls" for i in range(60))  # ~480 tokens
 
 
-def mxbai_reference_ids(tok, query, doc, max_length=8192, model_max=512):
+def mxbai_reference_ids(tok, query, doc, max_length=8192, model_max=512, instruction=None):
     """mxbai-rerank 0.1.6 ``MxbaiRerankV2.prepare_inputs`` written out (``max_length`` its constructor's,
     ``model_max`` the model's ``max_position_embeddings``): template tokens counted once, the query cut to
     ``max_length * 3 // 4`` tokens, the document to what the window leaves, the pair cut to ``max_length``
@@ -167,7 +167,8 @@ def mxbai_reference_ids(tok, query, doc, max_length=8192, model_max=512):
     predefined = len(prefix) + len(task) + len(suffix) + len(sep)
     if max_length + predefined > model_max:
         max_length = model_max - predefined
-    q = _enc(tok, f"query: {query}")[: max_length * 3 // 4]
+    head = f"instruction: {instruction}\n" if instruction else ""  # one string with the query
+    q = _enc(tok, f"{head}query: {query}")[: max_length * 3 // 4]
     d = _enc(tok, f"document: {doc}")[: min(model_max - len(q) - predefined, max_length)]
     pair = (q + sep + d)[:max_length]  # q + sep never reach max_length: only the document loses tokens
     return prefix + pair + sep + task + suffix
@@ -228,3 +229,15 @@ def test_mxbai_v2_scaled_caps_match_the_reference(tiny_engine, raw):
         uncapped.score(LONG_Q + LONG_Q, [LONG_DOC])
     with pytest.raises(ValueError, match="max_pair_tokens"):
         Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2", max_pair_tokens=0)
+
+
+def test_mxbai_v2_instruction_goes_where_the_reference_puts_it(tiny_engine, raw):
+    """``instruction=`` becomes MxbaiRerankV2's ``"instruction: ...\\n"`` before ``"query: ..."`` (one string,
+    cut with the query); a prompt without an ``{instruction}`` field refuses it instead of ignoring it."""
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2", instruction="Find rain")
+    for q, d in ((Q, DOCS[0]), (LONG_Q, LONG_DOC)):
+        assert r._piece_ids(q, d) == mxbai_reference_ids(raw[0], q, d, instruction="Find rain")
+    plain = Reranker("llm-pointwise", engine=tiny_engine, prompt="mxbai-v2")
+    assert not np.allclose(r.score(Q, DOCS), plain.score(Q, DOCS))
+    with pytest.raises(ValueError, match="no \\{instruction\\} field"):
+        Reranker("llm-pointwise", engine=tiny_engine, prompt="yesno", instruction="Find rain")

@@ -7,9 +7,9 @@ transformers 5 (unirank's), so each ran in an environment of its own:
 ===========  ==============================================================  =========  ============  =====
 family       reference (cases)                                               max |d|    transformers  issue
 ===========  ==============================================================  =========  ============  =====
-mxbai-v2     mxbai-rerank 0.1.6 ``MxbaiRerankV2.predict`` (4: short; a        3.8e-6     4.57.1        1.3e-5
+mxbai-v2     mxbai-rerank 0.1.6 ``MxbaiRerankV2.predict`` (5: short; a        3.8e-6     4.57.1        1.3e-5
              420-token query + 480-token document at a 512 window; a long
-             document; caps scaled to ``max_length=96``)
+             document; caps scaled to ``max_length=96``; an instruction)
 layerwise    FlagEmbedding 1.4.2 ``LayerWiseFlagLLMReranker.compute_score``   8.3e-7     4.51.3        1.4e-6
              (5: cutoff layers 2 / 4 / 5, its default = the last layer, a
              500-token query)
@@ -21,7 +21,8 @@ jina-v3      the checkpoint's ``modeling.py`` ``JinaForRanking.rerank`` (2:   1.
 
 ("issue": the figures measured independently when issue 14 was filed.) On the same cases the previous defaults
 were off: jina-v3 with ``blocks="fit"`` by 1.3e-2 and in another order near the full window, and mxbai-v2
-without the reference's caps refused the long-query cases (the query took the whole window).
+without the reference's caps refused the long-query cases (the query took the whole window) and ignored an
+instruction.
 
 The commands (FlagEmbedding 1.4.2 breaks on transformers 4.57 -- ``DynamicCache.get_usable_length`` -- so
 it ran under 4.51.3; the reference packages were installed with ``pip install --no-deps --target DIR`` into

@@ -38,9 +38,11 @@ def mxbai(cases: list[dict[str, Any]], _: dict[str, Any]) -> tuple[str, list[lis
     mod = _need("mxbai_rerank", "mxbai-rerank")
     out = []
     for case in cases:
-        model = mod.MxbaiRerankV2(case["path"], device="cpu", torch_dtype=torch.float32, **case["ref"])
+        ref = dict(case["ref"])
+        call = {"instruction": ref.pop("instruction")} if "instruction" in ref else {}
+        model = mod.MxbaiRerankV2(case["path"], device="cpu", torch_dtype=torch.float32, **ref)
         docs = case["docs"]
-        out.append(model.predict(queries=[case["query"]] * len(docs), documents=docs).tolist())
+        out.append(model.predict(queries=[case["query"]] * len(docs), documents=docs, **call).tolist())
     return f"mxbai-rerank {version('mxbai-rerank')} MxbaiRerankV2.predict", out
 
 

@@ -12,7 +12,8 @@ unirank          reference                                                      
 "max |d|": this script's cases (``tests/test_reference_parity.py`` lists them and the exact commands);
 "issue": measured independently when issue 14 was filed (Set-Encoder: 0.0 when both sample their stand-ins at
 the same seed). The cases include long inputs: mxbai-v2's query and query + document caps (at the model's
-window and scaled down), FlagEmbedding's query and passage cuts, jina-v3 blocks near a full window.
+window and scaled down, and with an instruction), FlagEmbedding's query and passage cuts, jina-v3 blocks near
+a full window.
 
 The references do not import under transformers 5, which unirank uses, so they run in an environment of their
 own (never install them into unirank's venv) and the steps meet in a folder:
@@ -110,6 +111,7 @@ def build_cases(root: Path) -> dict[str, list[dict[str, Any]]]:
         _case(lm, LONG_Q, [LONG_DOC, DOCS[0]]),  # both caps lowered to the 512-token window
         _case(lm, Q, [LONG_DOC]),
         _case(lm, LONG_Q, [LONG_DOC, DOCS[0]], {"max_pair_tokens": 96}, {"max_length": 96}),
+        _case(lm, Q, [*DOCS, LONG_DOC], {"instruction": "find rain"}, {"instruction": "find rain"}),
     ]
     lw = save_tiny_layerwise(root / "layerwise")[0]
     pairs = ["water falls from clouds", "cats purr", "rain " * 300]

@@ -57,6 +57,8 @@ class PointwisePrompt:
     bos: str = "none"
     score: str = "yes-no"  # "yes-no": logit(yes) - logit(no); "yes": the raw logit of the first label
     instruction: str = ""  # fills an ``{instruction}`` field of the template
+    #: what fills ``{instruction}`` when ``instruction`` is not empty (an empty one fills in nothing)
+    instruction_format: str = "{instruction}"
     #: with ``pieces``, a reference's token caps (local engines; :func:`cap_pieces`): the pieces from the
     #: ``{query}`` one through the ``{document}`` one hold at most ``max_pair_tokens`` (lowered to what the
     #: context leaves after the other pieces) and the ``{query}`` piece at most ``max_query_tokens``
@@ -64,13 +66,16 @@ class PointwisePrompt:
     max_pair_tokens: int | None = None
     max_query_tokens: int | None = None
 
+    def _instruction(self) -> str:
+        return self.instruction_format.format(instruction=self.instruction) if self.instruction else ""
+
     def render(self, query: str, document: str) -> str:
-        return self.template.format(query=query, document=document, instruction=self.instruction)
+        return self.template.format(query=query, document=document, instruction=self._instruction())
 
     def render_pieces(self, query: str, document: str) -> list[str]:
         """The formatted ``pieces`` (``[render(...)]`` when the prompt has none)."""
         parts = self.pieces or (self.template,)
-        return [x.format(query=query, document=document, instruction=self.instruction) for x in parts]
+        return [x.format(query=query, document=document, instruction=self._instruction()) for x in parts]
 
 
 @dataclass(frozen=True)
@@ -112,14 +117,15 @@ _BGE_INSTRUCTION = (
     "providing a prediction of either 'Yes' or 'No'."
 )
 _BGE_PIECES = ("A: {query}", "\n", "B: {document}", "\n", "{instruction}")
-# mxbai-rerank v2 (pip mxbai-rerank, MxbaiRerankV2): Qwen chat prefix + "query: ..." + "\n" +
-# "document: ..." + "\n" + task prompt + chat suffix, each tokenized alone; score = logit('1') - logit('0').
+# mxbai-rerank v2 (pip mxbai-rerank, MxbaiRerankV2): Qwen chat prefix + "query: ..." (after "instruction:
+# ...\n" when there is one) + "\n" + "document: ..." + "\n" + task prompt + chat suffix, each tokenized alone;
+# score = logit('1') - logit('0').
 # Its caps: "query: ..." keeps its first 6144 tokens, "query: ..." + "\n" + "document: ..." its first 8192
 # (the document's tail goes), both lowered when the context is smaller (see cap_pieces).
 _MXBAI_PIECES = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n",
-    "query: {query}",
+    "{instruction}query: {query}",
     "\n",
     "document: {document}",
     "\n",
@@ -176,6 +182,7 @@ PROMPTS: dict[str, PointwisePrompt | ListwisePrompt] = {
         labels=("1", "0"),
         label_prefix="",
         pieces=_MXBAI_PIECES,
+        instruction_format="instruction: {instruction}\n",
         max_pair_tokens=8192,  # MxbaiRerankV2(max_length=8192); its query cap is max_length * 3 // 4
     ),
     "graded": PointwisePrompt("graded", _GRADED, labels=("0", "1", "2", "3")),
@@ -234,6 +241,8 @@ def get_prompt(prompt: Any, kind: str = "pointwise", **overrides: Any) -> Any:
     want = ListwisePrompt if kind == "listwise" else PointwisePrompt
     if not isinstance(obj, want):
         raise ValueError(f"prompt {getattr(obj, 'name', obj)!r} is not a {kind} prompt")
+    if overrides.get("instruction") and "instruction" not in _fields(getattr(obj, "template", "")):
+        raise ValueError(f"prompt {obj.name!r} has no {{instruction}} field: instruction= would be ignored")
     return replace(obj, **overrides) if overrides else obj
 
 
