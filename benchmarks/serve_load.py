@@ -48,14 +48,18 @@ def child(args: argparse.Namespace) -> None:
 
     from unirank.serve.app import create_app
     from unirank.serve.limits import ServeConfig
+    from unirank.serve.server import uvicorn_config
 
     cfg = ServeConfig(
-        max_queue=args.max_queue, max_batch_docs=args.max_batch_docs, max_wait_ms=args.max_wait_ms
+        max_queue=args.max_queue,
+        max_batch_docs=args.max_batch_docs,
+        max_wait_ms=args.max_wait_ms,
+        request_timeout=args.timeout,
     )
     from unirank import Reranker
 
     app = create_app({"m": Reranker(args.model, **json.loads(args.options))}, cfg)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, cfg, port=0, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     while not server.started:

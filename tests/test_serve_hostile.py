@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from _serve_fixtures import RecordingRanker, SlowRanker, loopback  # noqa: E402
 from unirank.serve.app import create_app  # noqa: E402
-from unirank.serve.batcher import MicroBatcher, QueueFull  # noqa: E402
+from unirank.serve.batcher import MicroBatcher, QueueFull, WouldTimeOut  # noqa: E402
 from unirank.serve.limits import ServeConfig  # noqa: E402
 from unirank.serve.prepare import first_words, head_tokens, word_count  # noqa: E402
 
@@ -193,6 +193,26 @@ def test_timed_out_requests_leave_the_queue_and_are_never_computed():
     out = asyncio.run(go())
     assert [x.tolist() for x in out] == [[1.0], [3.0], [4.0]]
     assert slow.calls == [1, 1, 1]  # "bb" and "cc" never reached the model
+
+
+def test_requests_that_cannot_finish_in_time_are_not_started():
+    slow = SlowRanker(delay=0.2)
+
+    async def go():
+        b = MicroBatcher(slow, max_wait_ms=0)
+        await b.submit("q", ["warm-up"])  # not a measure
+        await b.submit("q", ["a"])  # 0.2 s per document
+        t0 = time.perf_counter()
+        with pytest.raises(WouldTimeOut):
+            await b.submit("q", ["b"], deadline=t0 + 0.05)
+        refused_after = time.perf_counter() - t0
+        ok = await b.submit("q", ["ccc"], deadline=time.perf_counter() + 5)
+        await b.close()
+        return refused_after, ok, b.stats["expired"]
+
+    refused_after, ok, expired = asyncio.run(go())
+    assert refused_after < 0.1 and ok.tolist() == [3.0] and expired == 1
+    assert slow.calls == [1, 1, 1]  # "b" never reached the model
 
 
 def test_timeouts_under_load_do_not_fill_the_queue():

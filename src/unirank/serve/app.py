@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -38,7 +39,7 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from ..normalize import normalize_scores  # noqa: E402
-from .batcher import MicroBatcher, QueueFull, ShuttingDown  # noqa: E402
+from .batcher import MicroBatcher, QueueFull, ShuttingDown, WouldTimeOut  # noqa: E402
 from .guard import guard_middleware  # noqa: E402
 from .limits import Metrics, ServeConfig, check_api_key  # noqa: E402
 from .prepare import cohere_texts, render_json, word_count  # noqa: E402
@@ -174,13 +175,15 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
         if not query.strip():
             raise HTTPException(422, "query is empty or whitespace")
 
+        deadline = time.perf_counter() + cfg.request_timeout
+
         async def run() -> tuple[np.ndarray, Any]:
             texts, extra = docs, None
             if prepare is not None:
                 texts, extra = await asyncio.to_thread(prepare, rankers[name])
             if not texts:
                 return np.zeros(0), extra
-            return await batchers[name].submit(query, texts), extra
+            return await batchers[name].submit(query, texts, deadline), extra
 
         try:
             raw, extra = await asyncio.wait_for(run(), cfg.request_timeout)
@@ -189,6 +192,10 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
             raise HTTPException(429, f"server busy: {exc}; retry later") from exc
         except ShuttingDown as exc:
             raise HTTPException(503, str(exc)) from exc
+        except WouldTimeOut as exc:  # not started: it could not finish in time at the model's speed
+            metrics.rejected.labels("timeout").inc()
+            msg = f"request would not finish within the {cfg.request_timeout:g}s timeout; retry later"
+            raise HTTPException(504, msg) from exc
         except asyncio.TimeoutError as exc:
             metrics.rejected.labels("timeout").inc()
             raise HTTPException(504, f"request timed out after {cfg.request_timeout:g}s") from exc

@@ -5,7 +5,8 @@ A request waits at most ``max_wait_ms`` for company; a batch holds at most ``max
 server keeps accepting and queueing while a batch computes — which is what lets throughput under
 concurrency approach offline ``rank_many`` throughput. A request that is cancelled while it waits (its
 timeout passed, or its client disconnected) leaves the queue at once and its documents never reach the
-model. The queue is bounded: :meth:`MicroBatcher.submit`
+model; one that could not finish before its deadline at the model's measured speed is not started, and a
+batch grows only as far as its most urgent request can wait. The queue is bounded: :meth:`MicroBatcher.submit`
 raises :class:`QueueFull` (HTTP 429) instead of letting latency grow without bound, and
 :class:`ShuttingDown` (HTTP 503) once :meth:`MicroBatcher.close` has begun; ``close`` finishes what is queued.
 
@@ -37,9 +38,11 @@ import numpy as np
 from ..base import Ranker
 from ..types import DocLike, to_documents
 
-__all__ = ["MicroBatcher", "QueueFull", "ShuttingDown"]
+__all__ = ["MicroBatcher", "QueueFull", "ShuttingDown", "WouldTimeOut"]
 
 logger = logging.getLogger(__name__)
+
+_TIMING_AGE = 10.0  # seconds a batch's timing informs the deadline checks
 
 
 class QueueFull(RuntimeError):
@@ -50,11 +53,17 @@ class ShuttingDown(RuntimeError):
     """The batcher is closing and accepts no new work (HTTP 503)."""
 
 
+class WouldTimeOut(TimeoutError):
+    """The request could not finish before its deadline at the model's measured speed, so it was not
+    started (HTTP 504)."""
+
+
 @dataclass
 class _Item:
     query: str
     docs: list[Any]
     future: asyncio.Future[np.ndarray]
+    deadline: float | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -88,15 +97,21 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unirank-batch")
         self._closing = False
-        self.stats = {"batches": 0, "requests": 0, "documents": 0}
+        self.stats = {"batches": 0, "requests": 0, "documents": 0, "expired": 0}
+        self._timings: deque[tuple[float, float, int]] = deque(maxlen=32)  # (ended, seconds, documents)
 
     @property
     def depth(self) -> int:
         """Requests waiting (not counting the batch being computed, nor cancelled ones)."""
         return sum(1 for i in self._queue if not i.future.done())
 
-    async def submit(self, query: str, docs: Sequence[DocLike]) -> np.ndarray:
-        """Raw scores of ``docs`` for ``query`` in input order, computed in a merged batch."""
+    async def submit(self, query: str, docs: Sequence[DocLike], deadline: float | None = None) -> np.ndarray:
+        """Raw scores of ``docs`` for ``query`` in input order, computed in a merged batch.
+
+        ``deadline`` (a ``time.perf_counter()`` time): when the model's measured speed says the request
+        cannot finish by then, it is not started and :class:`WouldTimeOut` is raised; a batch is not grown
+        past what its most urgent request can wait for.
+        """
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self.depth >= self.max_queue:
@@ -105,7 +120,7 @@ class MicroBatcher:
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._run(), name="unirank-batcher")
-        item = _Item(query, list(docs), loop.create_future())
+        item = _Item(query, list(docs), loop.create_future(), deadline)
         self._queue.append(item)
         assert self._wakeup is not None
         self._wakeup.set()
@@ -177,10 +192,12 @@ class MicroBatcher:
                         item.future.set_exception(exc)
                 continue
             dt = time.perf_counter() - t0
+            n_docs = sum(len(i.docs) for i in batch)
+            if n_docs and self.stats["batches"]:  # the first batch warms the model up: not a measure
+                self._timings.append((time.perf_counter(), dt, n_docs))
             for item, s in zip(batch, scores):
                 if not item.future.done():
                     item.future.set_result(s)
-            n_docs = sum(len(i.docs) for i in batch)
             self.stats["batches"] += 1
             self.stats["requests"] += len(batch)
             self.stats["documents"] += n_docs
@@ -190,18 +207,38 @@ class MicroBatcher:
     def _pending_docs(self) -> int:
         return sum(len(i.docs) for i in self._queue if not i.future.done())
 
+    def _per_doc(self, now: float) -> float:
+        """Seconds per document of the fastest batch of the last ``_TIMING_AGE`` s (0: no recent batch).
+
+        Optimistic (the most efficient batch, no fixed cost), so work that can finish is not refused;
+        with no recent batch there is no limit at all, so an outlier cannot starve the queue for long.
+        """
+        recent = sorted(dt / n for ended, dt, n in self._timings if now - ended < _TIMING_AGE)
+        return recent[len(recent) // 2] if recent else 0.0
+
     def _take(self) -> list[_Item]:
+        now = time.perf_counter()
+        per_doc = self._per_doc(now)
         batch: list[_Item] = []
         n = 0
+        due = float("inf")  # the most urgent deadline in the batch
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # cancelled (client went away or timed out)
                 self._queue.popleft()
                 continue
+            if item.deadline is not None and now + per_doc * len(item.docs) > item.deadline:  # cannot finish
+                self._queue.popleft()
+                self.stats["expired"] += 1
+                item.future.set_exception(WouldTimeOut("the request would not finish before its deadline"))
+                continue
             if batch and n + len(item.docs) > self.max_batch_docs:
                 break
+            if batch and now + per_doc * (n + len(item.docs)) > min(due, item.deadline or due):
+                break  # a bigger batch would make one of its requests miss its deadline
             batch.append(self._queue.popleft())
             n += len(item.docs)
+            due = min(due, item.deadline or due)
         return batch
 
     def _compute(self, batch: list[_Item]) -> list[np.ndarray]:
