@@ -292,3 +292,15 @@ def test_serve_subcommand_builds_the_app(monkeypatch):
         assert r.status_code == 413
     with pytest.raises(ValueError, match="NAME=SPEC"):
         build_app(parser.parse_args(["serve", "bm25", "--model", "oops"]))
+    from unirank.serve.server import HeaderDeadline, uvicorn_config
+
+    timed = build_app(
+        parser.parse_args(
+            ["serve", "bm25", "--header-timeout", "3", "--body-timeout", "4", "--keep-alive-timeout", "2"]
+        )
+    )
+    cfg = timed.state.config
+    assert (cfg.header_timeout, cfg.body_timeout, cfg.keep_alive_timeout) == (3.0, 4.0, 2.0)
+    server = uvicorn_config(timed, port=0)
+    assert issubclass(server.http, HeaderDeadline) and server.http.header_timeout == 3.0
+    assert server.timeout_keep_alive == 2.0

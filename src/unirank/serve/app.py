@@ -312,6 +312,9 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
                 "max_body_bytes": cfg.max_body_bytes,
                 "request_timeout": cfg.request_timeout,
                 "max_queue": cfg.max_queue,
+                "header_timeout": cfg.header_timeout,
+                "body_timeout": cfg.body_timeout,
+                "keep_alive_timeout": cfg.keep_alive_timeout,
             },
         }
 
