@@ -69,6 +69,7 @@ CASES: tuple[Case, ...] = (
             "(cross_encoder.py / hf.py, owned elsewhere)"
         },
     ),
+    Case("ce-decoder", "ce", "pointwise"),  # a Llama seq-cls head whose tokenizer has no pad token
     Case("embed", "embed", "pointwise"),
     Case("bm25", "bm25", "set", batch_option=None, padding=False, weights=False, why="candidate IDF"),
     Case("bm25-corpus", "bm25", "pointwise", batch_option=None, padding=False, weights=False, why="no model"),
@@ -145,6 +146,29 @@ class Models:
 
     def _seqcls(self) -> Path:
         return self.make_bert("seqcls", seed=11)
+
+    def _decoder_seqcls(self) -> Path:
+        """A tiny ``LlamaForSequenceClassification`` whose tokenizer has no pad token and whose config
+        names EOS as padding (as Qwen / Llama seq-cls exports do)."""
+        import torch
+        import transformers
+
+        from _llm_fixtures import _tokenizer
+
+        out = self._dir("decoder-seqcls")
+        tok = _tokenizer(self.minilm)
+        tok.pad_token = None
+        dims = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        config = transformers.LlamaConfig(
+            vocab_size=len(tok), num_key_value_heads=1, num_labels=1, pad_token_id=tok.eos_token_id, **dims
+        )
+        torch.manual_seed(5)
+        model = transformers.LlamaForSequenceClassification(config)
+        with torch.no_grad():  # livelier than the tiny init, so positions matter clearly
+            model.model.embed_tokens.weight.normal_(0.0, 1.0)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return out
 
     def _encoder(self) -> Path:
         return self.make_bert("encoder", seed=3)
@@ -226,6 +250,8 @@ def build(models: Models, case: Case, **over: Any) -> Any:
     p = case.id
     if p == "ce":
         return Reranker(f"ce:{m.get('seqcls')}", **opts)
+    if p == "ce-decoder":
+        return Reranker(f"ce:{m.get('decoder_seqcls')}", **opts)
     if p == "embed":
         return Reranker(f"embed:{m.get('encoder')}", **opts)
     if p == "bm25":

@@ -9,7 +9,9 @@ HTTP families); a family registered in :data:`unirank.registry.METHODS` without 
 - padding-side invariance: left- and right-padding tokenizers give the same scores;
 - order invariance (``pointwise`` / ``set``): shuffling the candidates permutes the scores and nothing else;
   ``list`` families must still return a valid permutation of exactly the documents sent;
-- determinism: two runs give identical scores.
+- determinism: two runs give identical scores;
+- sync and async agree: ``arank_many`` (the truly async path of the HTTP families) gives ``rank_many``'s
+  scores.
 
 Failure visibility (no logprobs, empty text, NaN) is in ``test_invariance_failures.py``.
 """
@@ -130,3 +132,14 @@ def test_determinism(case: Case, rankers) -> None:  # noqa: F811
     r = rankers(case)
     first, second = r.score(Q, DOCS), r.score(Q, DOCS)
     assert first == second, f"{case.id}: two runs differ: {first} vs {second}"
+
+
+@pytest.mark.parametrize("case", params("async"))
+def test_async_path_gives_the_sync_scores(case: Case, rankers) -> None:  # noqa: F811
+    import asyncio
+
+    r = rankers(case)
+    sync = r.rank_many([Q2, Q], [DOCS2, DOCS])
+    got = asyncio.run(r.arank_many([Q2, Q], [DOCS2, DOCS]))
+    for a, b in zip(got, sync):
+        close(by_index(a), by_index(b), case, "arank_many vs rank_many")

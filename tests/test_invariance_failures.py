@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from _invariance_fixtures import CASES, DOCS, Case, Q, models, params, rankers  # noqa: F401
 from _llm_fixtures import tiny_causal_lm  # noqa: F401
@@ -115,6 +117,7 @@ def test_misbehaving_openai_server_is_visible(name, fault, models, rankers, capl
     r = rankers(BY_ID[case_id], **opts)
     server = models.get("llm_server")
     clean = r.score(Q, DOCS[:3])
+    assert np.isfinite(clean).all(), f"{name}: the well-behaved server already gives {clean}"
     server.misbehave = fault
     try:
         if name.startswith("generate") and fault == "reasoning":  # the trace is dropped, the answer used
@@ -151,8 +154,7 @@ def test_a_server_ignoring_the_model_name_is_warned_about(models, rankers, caplo
 # -- hosted APIs ---------------------------------------------------------------------------------------------
 def _bad_api(provider: str, fault: str) -> Any:
     """A fake of ``provider`` whose every answer has ``fault``: "short" (the last result dropped), "none"
-    (no results at all) or "nan" (NaN scores)."""
-    from fastapi import FastAPI, Request
+    (no results at all), "nan" (NaN scores) or "ok" (none)."""
     from fastapi.responses import Response
 
     from _fake_providers import PATHS, _body
@@ -163,7 +165,9 @@ def _bad_api(provider: str, fault: str) -> Any:
     async def rerank(request: Request) -> Response:
         out = _body(provider, await request.json())
         items = out if isinstance(out, list) else out.get("results") or out.get("data")
-        if fault == "short":
+        if fault == "ok":
+            pass
+        elif fault == "short":
             items.pop()
         elif fault == "none":
             items.clear()
@@ -175,7 +179,7 @@ def _bad_api(provider: str, fault: str) -> Any:
     return app
 
 
-@pytest.mark.parametrize("fault", ["short", "none", "nan"])
+@pytest.mark.parametrize("fault", ["ok", "short", "none", "nan"])
 @pytest.mark.parametrize("provider", ["cohere", "jina", "voyage", "mixedbread", "tei"])
 def test_misbehaving_rerank_api_is_visible(provider, fault, caplog) -> None:
     from _fake_providers import serving
@@ -186,4 +190,8 @@ def test_misbehaving_rerank_api_is_visible(provider, fault, caplog) -> None:
             r = Reranker(f"tei:{url}", max_retries=0)
         else:
             r = Reranker(f"{provider}:m", base_url=url, api_key="k", max_retries=0)
+        if fault == "ok":  # the fake itself answers correctly: a failure below is the client's doing
+            how, got = outcome(caplog, lambda: r.score(Q, DOCS[:3]))
+            assert how == "silent" and np.isfinite(got).all(), (how, got)
+            return
         assert_visible(caplog, lambda: r.score(Q, DOCS[:3]), f"{provider} / {fault}")
