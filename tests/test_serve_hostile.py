@@ -336,3 +336,14 @@ def test_echoed_numbers_json_cannot_carry_are_4xx():
         assert r.status_code == 422 and "Infinity" in r.json()["message"]
         quiet = c.post("/v1/rerank", content=raw.replace(b"true", b"false"), headers=r.request.headers)
         assert quiet.status_code == 200
+
+
+@pytest.mark.parametrize("depth", [900, 3000])
+@pytest.mark.parametrize("query", [b'"q"', b'"\\ud800"'])
+def test_deeply_nested_bodies_are_4xx(depth, query):
+    deep = b"{" + b'"a": {' * depth + b"}" * depth + b"}"
+    with TestClient(create_app({"bm25": "bm25"}), raise_server_exceptions=False) as c:
+        for route, key in (("/rerank", b"texts"), ("/v1/rerank", b"documents")):
+            raw = b'{"query": ' + query + b', "return_documents": true, "' + key + b'": ["a", ' + deep + b"]}"
+            r = c.post(route, content=raw, headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500 and len(r.content) < 20_000, (route, r.status_code)

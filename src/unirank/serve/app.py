@@ -33,7 +33,6 @@ from ..errors import require
 require("fastapi", "server")  # this module is the server: a missing extra names the pip install
 
 from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
-from fastapi.encoders import jsonable_encoder  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
@@ -142,7 +141,7 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = _printable(jsonable_encoder(exc.errors()[:20], custom_encoder={bytes: _short_bytes}))
+        errs = [_printable(dict(e)) for e in exc.errors()[:20]]
         msg = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errs[:5])
         body = {**error_body(msg or "invalid request", "validation"), "detail": errs}
         return JSONResponse(body, status_code=422)
@@ -263,6 +262,8 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
             raise HTTPException(422, "a document holds a lone UTF-16 surrogate: invalid Unicode") from exc
         except ValueError as exc:  # only echoed input can hold these: Python's JSON reads 1e400 as inf
             raise HTTPException(422, "a document holds a number JSON cannot carry (NaN or Infinity)") from exc
+        except RecursionError as exc:
+            raise HTTPException(422, "a document is nested too deeply to be returned") from exc
         return Response(data, media_type="application/json", headers={"x-unirank-score-kind": score_kind})
 
     common: dict[str, Any] = {"dependencies": auth, "responses": _ERRORS, "response_model_exclude_none": True}
@@ -337,21 +338,27 @@ class _Guard:
         await self._call(scope, receive, send)
 
 
-def _short_bytes(b: bytes) -> str:
-    return b[:200].decode("utf-8", "replace")
-
-
-def _printable(obj: Any, limit: int = 200) -> Any:
-    """A validation error's echo made safe to send: strings valid UTF-8 (a lone surrogate becomes ``?``) and
-    at most ``limit`` characters, containers at most 20 items (a 9 MB document is not echoed back)."""
+def _printable(obj: Any, limit: int = 200, depth: int = 0) -> Any:
+    """A validation error's echo made safe to send as JSON: strings valid UTF-8 (a lone surrogate becomes
+    ``?``) and at most ``limit`` characters, containers at most 20 items and 6 levels deep (a 9 MB or
+    900-level document is not echoed back), non-finite numbers as strings."""
+    if isinstance(obj, bytes):
+        obj = obj[:limit].decode("utf-8", "replace")
     if isinstance(obj, str):
         short = obj if len(obj) <= limit else obj[:limit] + "..."
         return short.encode("utf-8", "replace").decode("utf-8")
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj if obj.bit_length() <= 256 else f"<an integer of {obj.bit_length()} bits>"
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, (dict, list, tuple)) and depth >= 6:
+        return "..."
     if isinstance(obj, dict):
-        return {_printable(k, limit): _printable(v, limit) for k, v in list(obj.items())[:20]}
+        items = list(obj.items())[:20]
+        return {str(_printable(k, limit, 6)): _printable(v, limit, depth + 1) for k, v in items}
     if isinstance(obj, (list, tuple)):
-        return [_printable(v, limit) for v in obj[:20]]
-    return obj
+        return [_printable(v, limit, depth + 1) for v in obj[:20]]
+    return _printable(repr(obj), limit)
 
 
 def _version() -> str:

@@ -38,8 +38,8 @@ def _lone_surrogate(body: bytes) -> bool:
     """Whether a JSON body decodes to a string (or key) holding a lone surrogate (invalid JSON: False)."""
     try:
         value = json.loads(body)
-    except ValueError:
-        return False  # not JSON at all: the app answers 422 for that
+    except (ValueError, RecursionError):
+        return False  # not JSON (or nested too deep to read): the app answers 4xx for that
     stack = [value]
     while stack:
         v = stack.pop()
