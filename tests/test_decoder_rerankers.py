@@ -241,3 +241,34 @@ def test_mxbai_v2_instruction_goes_where_the_reference_puts_it(tiny_engine, raw)
     assert not np.allclose(r.score(Q, DOCS), plain.score(Q, DOCS))
     with pytest.raises(ValueError, match="no \\{instruction\\} field"):
         Reranker("llm-pointwise", engine=tiny_engine, prompt="yesno", instruction="Find rain")
+
+
+# -- bge-reranker-v2-gemma: FlagEmbedding's caps -------------------------------------------------------------
+def bge_reference_ids(tok, query, doc, max_length=512):
+    """FlagEmbedding 1.4.2 ``FlagLLMReranker.compute_score_single_gpu`` written out: ``"A: " + query`` cut
+    to ``max_length * 3 // 4`` tokens, ``"B: " + passage`` to ``max_length``, ``[BOS] + query + sep +
+    passage`` cut from the passage's end to ``max_length + len(sep) + len(prompt)``, then ``sep + prompt``."""
+    sep, prompt = _enc(tok, "\n"), _enc(tok, PROMPTS["bge-gemma"].instruction)
+    q = _enc(tok, f"A: {query}")[: max_length * 3 // 4]
+    p = _enc(tok, f"B: {doc}")[:max_length]
+    pair = [tok.bos_token_id, *q, *sep, *p][: max_length + len(sep) + len(prompt)]
+    return pair + sep + prompt
+
+
+def test_bge_gemma_long_inputs_match_flagembedding(tiny_engine, raw):
+    """FlagLLMReranker's defaults (max_length 512: query 384 tokens, passage 512, pair 512 + the prompt's
+    tokens) are the preset's; ``max_pair_tokens`` plays its ``max_length``. A long query used to take the
+    whole window (and a long passage to keep up to the model's context, 8,192 tokens for gemma)."""
+    p = get_prompt("bge-gemma")
+    assert (p.max_pair_tokens, p.max_query_tokens, p.cap_rule) == (512, None, "flagembedding")
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="bge-gemma")
+    yes = _enc(raw[0], "Yes")[0]
+    for q, d in ((LONG_Q, DOCS[0]), (Q, DOCS[1]), (LONG_Q + LONG_Q, "rain")):
+        ids = bge_reference_ids(raw[0], q, d)
+        assert r._piece_ids(q, d) == ids
+        assert r.score(q, [d])[0] == pytest.approx(float(_last_logits(raw, ids)[yes]), abs=1e-4)
+    small = Reranker("llm-pointwise", engine=tiny_engine, prompt="bge-gemma", max_pair_tokens=128)
+    for q, d in ((LONG_Q, LONG_DOC), (Q, LONG_DOC), (LONG_Q, DOCS[0])):
+        ids = bge_reference_ids(raw[0], q, d, max_length=128)
+        assert small._piece_ids(q, d) == ids
+        assert small.score(q, [d])[0] == pytest.approx(float(_last_logits(raw, ids)[yes]), abs=1e-4)

@@ -46,6 +46,16 @@ def mxbai(cases: list[dict[str, Any]], _: dict[str, Any]) -> tuple[str, list[lis
     return f"mxbai-rerank {version('mxbai-rerank')} MxbaiRerankV2.predict", out
 
 
+def bge_gemma(cases: list[dict[str, Any]], _: dict[str, Any]) -> tuple[str, list[list[float]]]:
+    mod = _need("FlagEmbedding", "FlagEmbedding")
+    out = []
+    for case in cases:
+        model = mod.FlagLLMReranker(case["path"], use_fp16=False, use_bf16=False, devices="cpu")
+        got = model.compute_score([[case["query"], d] for d in case["docs"]], **case["ref"])
+        out.append([float(x) for x in (got if isinstance(got, list) else [got])])
+    return f"FlagEmbedding {version('FlagEmbedding')} FlagLLMReranker.compute_score", out
+
+
 def layerwise(cases: list[dict[str, Any]], _: dict[str, Any]) -> tuple[str, list[list[float]]]:
     mod = _need("FlagEmbedding", "FlagEmbedding")
     out = []
@@ -102,4 +112,10 @@ def jina_v3(cases: list[dict[str, Any]], opts: dict[str, Any]) -> tuple[str, lis
     return f"jinaai/jina-reranker-v3 modeling.py ({Path(source).name}) JinaForRanking.rerank", out
 
 
-RUNNERS = {"mxbai-v2": mxbai, "layerwise": layerwise, "set-encoder": set_encoder, "jina-v3": jina_v3}
+RUNNERS = {
+    "mxbai-v2": mxbai,
+    "bge-gemma": bge_gemma,
+    "layerwise": layerwise,
+    "set-encoder": set_encoder,
+    "jina-v3": jina_v3,
+}

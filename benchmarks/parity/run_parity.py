@@ -1,9 +1,10 @@
-"""unirank side by side with the authors' code for four families, on tiny random weights (fp32, CPU).
+"""unirank side by side with the authors' code for five families, on tiny random weights (fp32, CPU).
 
 ===============  ====================================================================  =======  ======
 unirank          reference                                                             max |d|  issue
 ===============  ====================================================================  =======  ======
 ``mxbai-v2``     mxbai-rerank 0.1.6 ``MxbaiRerankV2.predict``                          3.8e-6   1.3e-5
+``bge-gemma``    FlagEmbedding 1.4.2 ``FlagLLMReranker`` (bge-reranker-v2-gemma)       4.8e-7   --
 ``layerwise``    FlagEmbedding 1.4.2 ``LayerWiseFlagLLMReranker`` (same cutoff layer)  8.3e-7   1.4e-6
 ``set-encoder``  lightning-ir 0.0.6 ``CrossEncoderModule.score``                       2.4e-6   2.4e-6
 ``jina-v3``      the checkpoint's ``modeling.py`` ``JinaForRanking.rerank``            1.9e-7   1.5e-7
@@ -12,8 +13,8 @@ unirank          reference                                                      
 "max |d|": this script's cases (``tests/test_reference_parity.py`` lists them and the exact commands);
 "issue": measured independently when issue 14 was filed (Set-Encoder: 0.0 when both sample their stand-ins at
 the same seed). The cases include long inputs: mxbai-v2's query and query + document caps (at the model's
-window and scaled down, and with an instruction), FlagEmbedding's query and passage cuts, jina-v3 blocks near
-a full window.
+window and scaled down, and with an instruction), FlagEmbedding's query and passage cuts (bge-gemma and
+layerwise), jina-v3 blocks near a full window.
 
 The references do not import under transformers 5, which unirank uses, so they run in an environment of their
 own (never install them into unirank's venv) and the steps meet in a folder:
@@ -23,9 +24,12 @@ own (never install them into unirank's venv) and the steps meet in a folder:
     .venv/bin/python benchmarks/parity/run_parity.py compare /tmp/parity  # the table; exit 1 over tolerance
 
 ``REF_PYTHON``: a Python with torch, transformers 4.51-4.57 and ``mxbai-rerank==0.1.6 FlagEmbedding==1.4.2
-lightning-ir==0.0.6`` (e.g. a fresh venv). A reference that does not import there, or jina-v3 without the
-checkpoint's ``modeling.py`` (huggingface.co/jinaai/jina-reranker-v3), is reported as skipped, with the
-reason. ``all DIR`` runs the three steps in one interpreter (under transformers 5 every reference skips).
+lightning-ir==0.0.6`` (e.g. a fresh venv; FlagEmbedding ran under transformers 4.51.3 and fails under 4.57.1).
+Each ``reference`` run adds what it measured to ``DIR/reference.json``, so several environments can
+contribute. A reference that does not import there, or jina-v3 without the checkpoint's ``modeling.py``
+(huggingface.co/jinaai/jina-reranker-v3), is reported as skipped, with the reason. ``all DIR`` runs the three
+steps in one interpreter (under transformers 5 every reference skips). ``compare DIR --reference
+benchmarks/parity/recorded_reference.json`` checks against the recorded run.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from _references import RUNNERS, Skip  # noqa: E402
 #: the reference scores of the runs in the table above (``reference`` steps under transformers 4.57.1 and, for
 #: FlagEmbedding, 4.51.3), kept so that the suite checks unirank against them without the packages
 RECORDED = HERE / "recorded_reference.json"
-TOLERANCE = {"mxbai-v2": 1e-4, "layerwise": 1e-5, "set-encoder": 1e-5, "jina-v3": 1e-5}
+TOLERANCE = {"mxbai-v2": 1e-4, "bge-gemma": 1e-5, "layerwise": 1e-5, "set-encoder": 1e-5, "jina-v3": 1e-5}
 Q = "what causes rain"
 DOCS = ["rain forms when water vapour condenses", "cats purr when happy", "the sun is a star"]
 LONG_Q = " ".join(f"why does rain fall from cloud {i}" for i in range(70))
@@ -113,6 +117,12 @@ def build_cases(root: Path) -> dict[str, list[dict[str, Any]]]:
         _case(lm, LONG_Q, [LONG_DOC, DOCS[0]], {"max_pair_tokens": 96}, {"max_length": 96}),
         _case(lm, Q, [*DOCS, LONG_DOC], {"instruction": "find rain"}, {"instruction": "find rain"}),
     ]
+    bge = [  # FlagLLMReranker: query 3/4 of max_length, passage max_length (512; scaled to 128)
+        _case(lm, Q, [*DOCS, "rain " * 300]),
+        _case(lm, LONG_Q, DOCS),
+        _case(lm, LONG_Q, [LONG_DOC, DOCS[0]], {"max_pair_tokens": 128}, {"max_length": 128}),
+        _case(lm, Q, [LONG_DOC], {"max_pair_tokens": 128}, {"max_length": 128}),
+    ]
     lw = save_tiny_layerwise(root / "layerwise")[0]
     pairs = ["water falls from clouds", "cats purr", "rain " * 300]
     layerwise = [_case(lw, Q, pairs, {"cutoff_layer": c}, {"cutoff_layers": [c]}) for c in (2, 4, 5)]
@@ -148,15 +158,25 @@ def build_cases(root: Path) -> dict[str, list[dict[str, Any]]]:
         if isinstance(data.get("extra_special_tokens"), list):
             data["additional_special_tokens"] = data.pop("extra_special_tokens")
         cfg.write_text(json.dumps(data, indent=1))
-    return {"mxbai-v2": mxbai, "layerwise": layerwise, "set-encoder": set_encoder, "jina-v3": jina_cases}
+    return {
+        "mxbai-v2": mxbai,
+        "bge-gemma": bge,
+        "layerwise": layerwise,
+        "set-encoder": set_encoder,
+        "jina-v3": jina_cases,
+    }
 
 
 def unirank_scores(cases: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[float]]]:
     from unirank import Reranker
 
     spec = {"mxbai-v2": "llm-pointwise:{}", "layerwise": "layerwise:{}", "set-encoder": "set-encoder:{}"}
-    spec["jina-v3"] = "jina-v3:{}"
-    extra: dict[str, dict[str, Any]] = {"mxbai-v2": {"prompt": "mxbai-v2"}, "jina-v3": {"dtype": "fp32"}}
+    spec |= {"bge-gemma": "llm-pointwise:{}", "jina-v3": "jina-v3:{}"}
+    extra: dict[str, dict[str, Any]] = {
+        "mxbai-v2": {"prompt": "mxbai-v2"},
+        "bge-gemma": {"prompt": "bge-gemma"},
+    }
+    extra["jina-v3"] = {"dtype": "fp32"}
     out: dict[str, list[list[float]]] = {}
     for family, todo in cases.items():
         out[family] = []

@@ -60,11 +60,13 @@ class PointwisePrompt:
     #: what fills ``{instruction}`` when ``instruction`` is not empty (an empty one fills in nothing)
     instruction_format: str = "{instruction}"
     #: with ``pieces``, a reference's token caps (local engines; :func:`cap_pieces`): the pieces from the
-    #: ``{query}`` one through the ``{document}`` one hold at most ``max_pair_tokens`` (lowered to what the
-    #: context leaves after the other pieces) and the ``{query}`` piece at most ``max_query_tokens``
-    #: (``None``: three quarters of the pair cap). ``None`` pair cap: only the context limits.
+    #: ``{query}`` one through the ``{document}`` one hold at most ``max_pair_tokens`` and the ``{query}``
+    #: piece at most ``max_query_tokens`` (``None``: three quarters of the pair cap), the ``{document}`` piece
+    #: ``max_doc_tokens``. ``None`` pair cap: only the context limits.
     max_pair_tokens: int | None = None
     max_query_tokens: int | None = None
+    max_doc_tokens: int | None = None
+    cap_rule: str = "mxbai"  # how the caps combine: "mxbai" or "flagembedding" (see cap_pieces)
 
     def _instruction(self) -> str:
         return self.instruction_format.format(instruction=self.instruction) if self.instruction else ""
@@ -175,6 +177,8 @@ PROMPTS: dict[str, PointwisePrompt | ListwisePrompt] = {
         bos="auto",
         score="yes",
         instruction=_BGE_INSTRUCTION,
+        max_pair_tokens=512,  # FlagLLMReranker(max_length=512): query 384, passage 512 (cap_pieces)
+        cap_rule="flagembedding",
     ),
     "mxbai-v2": PointwisePrompt(
         "mxbai-v2",
@@ -250,18 +254,26 @@ def cap_pieces(prompt: PointwisePrompt, ids: list[list[int]], context: int, head
     """Token ids of ``prompt.pieces`` (tokenized alone; any extra trailing pieces count as template) cut as
     the reference rerankers cut them: the ``{query}`` piece to its first ``max_query_tokens`` tokens, then the
     ``{document}`` piece from its end until the span from the query's piece through the document's holds at
-    most ``max_pair_tokens``, and until everything plus ``head`` tokens (a BOS) fits ``context``.
+    most its cap, and until everything plus ``head`` tokens (a BOS) fits ``context``. The cap, by
+    ``cap_rule``:
 
-    A pair cap larger than the context allows is lowered to ``context - head - other pieces``, and the
-    default query cap follows it (``3 * pair // 4``), which is what mxbai-rerank's ``MxbaiRerankV2`` does
-    with its ``max_length`` (8192) on a model with a shorter window. Raises ``ValueError`` when the document's
-    piece would have to go entirely.
+    - ``"mxbai"`` (mxbai-rerank's ``MxbaiRerankV2``): ``max_pair_tokens``, lowered to what the context leaves
+      after the other pieces; the default query cap follows it (``3 * pair // 4``);
+    - ``"flagembedding"`` (FlagEmbedding's decoder rerankers, ``max_length``): the document piece first keeps
+      ``max_doc_tokens`` (default ``max_pair_tokens``), the query piece ``3 * max_pair_tokens // 4``, and
+      BOS + span may hold ``max_pair_tokens`` plus the tokens of the pieces after the document (its
+      ``encode_max_length``).
+
+    Raises ``ValueError`` when the document's piece would have to go entirely.
 
     >>> p = PointwisePrompt("t", "", pieces=("Q:{query}", "|", "D:{document}", "?"), max_pair_tokens=8)
     >>> cap_pieces(p, [[1] * 9, [2], [3] * 9, [4]], context=100)
     [[1, 1, 1, 1, 1, 1], [2], [3], [4]]
     >>> cap_pieces(p, [[1] * 2, [2], [3] * 9, [4]], context=7)
     [[1, 1], [2], [3, 3, 3], [4]]
+    >>> fe = replace(p, cap_rule="flagembedding")
+    >>> cap_pieces(fe, [[1] * 9, [2], [3] * 9, [4]], context=100, head=1)
+    [[1, 1, 1, 1, 1, 1], [2], [3], [4]]
     """
     out = [list(x) for x in ids]
     kq = next((i for i, x in enumerate(prompt.pieces) if "{query}" in x), None)
@@ -269,12 +281,15 @@ def cap_pieces(prompt: PointwisePrompt, ids: list[list[int]], context: int, head
     ends = (kd, kd if kq is None else kq)
     span = range(min(ends), max(ends) + 1)
     fixed = head + sum(len(x) for i, x in enumerate(out) if i not in span)
-    pair = context - fixed
-    if prompt.max_pair_tokens is not None:
-        pair = min(pair, prompt.max_pair_tokens)
-    q_cap = prompt.max_query_tokens
-    if q_cap is None and prompt.max_pair_tokens is not None:
-        q_cap = pair * 3 // 4
+    pair, cap, q_cap = context - fixed, prompt.max_pair_tokens, prompt.max_query_tokens
+    if prompt.max_doc_tokens is not None or (cap is not None and prompt.cap_rule == "flagembedding"):
+        out[kd] = out[kd][: prompt.max_doc_tokens or cap]
+    if cap is not None and prompt.cap_rule == "flagembedding":
+        pair = min(pair, cap + sum(len(x) for x in out[max(span) + 1 :]) - head)
+        q_cap = cap * 3 // 4 if q_cap is None else q_cap
+    elif cap is not None:
+        pair = min(pair, cap)
+        q_cap = pair * 3 // 4 if q_cap is None else q_cap
     if kq is not None and kq != kd and q_cap is not None:
         out[kq] = out[kq][: max(q_cap, 0)]
     over = sum(len(out[i]) for i in span) - pair
