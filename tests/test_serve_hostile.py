@@ -347,3 +347,13 @@ def test_deeply_nested_bodies_are_4xx(depth, query):
             raw = b'{"query": ' + query + b', "return_documents": true, "' + key + b'": ["a", ' + deep + b"]}"
             r = c.post(route, content=raw, headers={"content-type": "application/json"})
             assert 400 <= r.status_code < 500 and len(r.content) < 20_000, (route, r.status_code)
+
+
+def test_validation_echo_of_every_json_kind_is_safe():
+    bodies = [b"null", b"true", b"[1, 2.5, null]", b'{"query": NaN, "texts": Infinity}', b'{"query": 1e400}']
+    bodies.append(b'{"query": ' + str(10**1000).encode() + b', "documents": "x"}')
+    with TestClient(create_app({"bm25": "bm25"}), raise_server_exceptions=False) as c:
+        for raw in bodies:
+            for route in ("/v2/rerank", "/rerank"):
+                r = c.post(route, content=raw, headers={"content-type": "application/json"})
+                assert r.status_code == 422 and len(r.content) < 20_000, (raw, r.text)

@@ -347,7 +347,9 @@ def _printable(obj: Any, limit: int = 200, depth: int = 0) -> Any:
     if isinstance(obj, str):
         short = obj if len(obj) <= limit else obj[:limit] + "..."
         return short.encode("utf-8", "replace").decode("utf-8")
-    if obj is None or isinstance(obj, (bool, int)):
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
         return obj if obj.bit_length() <= 256 else f"<an integer of {obj.bit_length()} bits>"
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
