@@ -272,3 +272,21 @@ def test_bge_gemma_long_inputs_match_flagembedding(tiny_engine, raw):
         ids = bge_reference_ids(raw[0], q, d, max_length=128)
         assert small._piece_ids(q, d) == ids
         assert small.score(q, [d])[0] == pytest.approx(float(_last_logits(raw, ids)[yes]), abs=1e-4)
+
+
+def test_qwen3_reranker_long_inputs_match_the_model_card(tiny_engine, raw):
+    """The card's ``process_inputs``: the formatted pair cut from its end to ``max_length - len(prefix) -
+    len(suffix)`` tokens (``max_length`` 8192), then prefix + pair + suffix; ``max_pair_tokens`` plays
+    ``max_length`` (scaled to 160 here: the 512-token model could not hold 8,192)."""
+    p = get_prompt("qwen3-reranker")
+    assert (p.max_pair_tokens, p.cap_rule) == (8192, "total")
+    tok, max_length = raw[0], 160
+    prefix, suffix = _enc(tok, QWEN3_PREFIX), _enc(tok, QWEN3_SUFFIX)
+    r = Reranker("llm-pointwise", engine=tiny_engine, prompt="qwen3-reranker", max_pair_tokens=max_length)
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    for q, d in ((Q, LONG_DOC), (LONG_Q, DOCS[0]), (Q, DOCS[0])):
+        pair = _enc(tok, qwen3_format_instruction(QWEN3_TASK, q, d))
+        ids = prefix + pair[: max_length - len(prefix) - len(suffix)] + suffix
+        assert r._piece_ids(q, d) == ids and len(ids) <= max_length
+        logits = _last_logits(raw, ids)
+        assert r.score(q, [d])[0] == pytest.approx(float(logits[yes] - logits[no]), abs=1e-4)

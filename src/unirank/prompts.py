@@ -66,7 +66,7 @@ class PointwisePrompt:
     max_pair_tokens: int | None = None
     max_query_tokens: int | None = None
     max_doc_tokens: int | None = None
-    cap_rule: str = "mxbai"  # how the caps combine: "mxbai" or "flagembedding" (see cap_pieces)
+    cap_rule: str = "mxbai"  # how the caps combine: "mxbai", "flagembedding" or "total" (see cap_pieces)
 
     def _instruction(self) -> str:
         return self.instruction_format.format(instruction=self.instruction) if self.instruction else ""
@@ -167,6 +167,8 @@ PROMPTS: dict[str, PointwisePrompt | ListwisePrompt] = {
         label_prefix="",
         pieces=_QWEN3_PIECES,
         instruction="Given a web search query, retrieve relevant passages that answer the query",
+        max_pair_tokens=8192,  # the card's max_length: prefix + pair (cut from its end) + suffix
+        cap_rule="total",
     ),
     "bge-gemma": PointwisePrompt(
         "bge-gemma",
@@ -263,6 +265,8 @@ def cap_pieces(prompt: PointwisePrompt, ids: list[list[int]], context: int, head
       ``max_doc_tokens`` (default ``max_pair_tokens``), the query piece ``3 * max_pair_tokens // 4``, and
       BOS + span may hold ``max_pair_tokens`` plus the tokens of the pieces after the document (its
       ``encode_max_length``).
+    - ``"total"`` (the Qwen3-Reranker model card's ``max_length``): the whole prompt holds at most
+      ``max_pair_tokens``; no query cap of its own.
 
     Raises ``ValueError`` when the document's piece would have to go entirely.
 
@@ -275,6 +279,8 @@ def cap_pieces(prompt: PointwisePrompt, ids: list[list[int]], context: int, head
     >>> cap_pieces(fe, [[1] * 9, [2], [3] * 9, [4]], context=100, head=1)
     [[1, 1, 1, 1, 1, 1], [2], [3], [4]]
     """
+    if prompt.cap_rule not in ("mxbai", "flagembedding", "total"):
+        raise ValueError(f"cap_rule={prompt.cap_rule!r}; expected 'mxbai', 'flagembedding' or 'total'")
     out = [list(x) for x in ids]
     kq = next((i for i, x in enumerate(prompt.pieces) if "{query}" in x), None)
     kd = next(i for i, x in enumerate(prompt.pieces) if "{document}" in x)
@@ -287,6 +293,8 @@ def cap_pieces(prompt: PointwisePrompt, ids: list[list[int]], context: int, head
     if cap is not None and prompt.cap_rule == "flagembedding":
         pair = min(pair, cap + sum(len(x) for x in out[max(span) + 1 :]) - head)
         q_cap = cap * 3 // 4 if q_cap is None else q_cap
+    elif cap is not None and prompt.cap_rule == "total":
+        pair = min(pair, cap - fixed)
     elif cap is not None:
         pair = min(pair, cap)
         q_cap = pair * 3 // 4 if q_cap is None else q_cap

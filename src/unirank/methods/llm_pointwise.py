@@ -11,10 +11,11 @@ Options: ``mode="yesno"`` (default), ``"graded"`` or ``"likelihood"``; ``prompt=
 (yes/no mode) ``"yes-no"`` or ``"yes"`` (default: the prompt's); ``instruction=`` fills the prompt's
 ``{instruction}`` field. Decoder rerankers as their reference code defines them:
 ``prompt="qwen3-reranker"`` (Qwen3-Reranker), ``prompt="bge-gemma"`` (BAAI/bge-reranker-v2-gemma, score
-``"yes"``), ``prompt="mxbai-v2"`` (mixedbread-ai/mxbai-rerank-*-v2). With local engines the last two keep
-their reference's token caps (:func:`unirank.prompts.cap_pieces`): mxbai-v2 the query at most 6,144 tokens
-and query + document 8,192, bge-gemma FlagEmbedding's ``max_length=512`` (query 384, passage 512); the
-document's tail goes first; ``max_pair_tokens=`` / ``max_query_tokens=`` change them, ``None`` lifts one.
+``"yes"``), ``prompt="mxbai-v2"`` (mixedbread-ai/mxbai-rerank-*-v2). With local engines they keep their
+reference's token caps (:func:`unirank.prompts.cap_pieces`): Qwen3-Reranker the card's 8,192-token prompt,
+mxbai-v2 the query at most 6,144 tokens and query + document 8,192, bge-gemma FlagEmbedding's
+``max_length=512`` (query 384, passage 512); the document's tail goes first; ``max_pair_tokens=`` (the
+reference's ``max_length``) / ``max_query_tokens=`` change them, ``None`` lifts one.
 Local engine options (``gguf_file``, ``device``, ``dtype``, ``max_length``, ``batch_size``) and server options
 (``api_key``, ``timeout``, ``max_retries``, ``concurrency``, ``endpoint="completions"|"chat"``,
 ``top_logprobs``) pass through; ``engine=`` reuses an already built engine.
