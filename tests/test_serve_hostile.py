@@ -63,6 +63,23 @@ def test_cutting_helpers_match_the_plain_definitions(tokenizer):
     assert word_count(text) == len(text.split()) and word_count("") == 0
 
 
+def test_sliced_word_helpers_equal_str_split_at_any_slice_size(monkeypatch):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    import unirank.serve.prepare as prepare
+
+    monkeypatch.setattr(prepare, "SLICE", 5)  # many slice boundaries in short texts
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(st.sampled_from("ab \t\n\u00a0\u2003\x1cé.")), st.integers(1, 20))
+    def check(text: str, n: int) -> None:
+        assert first_words(text, n) == " ".join(text.split()[:n])
+        assert word_count(text) == len(text.split())
+
+    check()
+
+
 def test_health_answers_while_a_big_request_is_served(tokenizer):
     """The issue's case: a 9 MB document with ``max_tokens_per_doc: 1e9`` stalled the event loop for ~19 s."""
     slow_window = RecordingRanker(tokenizer, max_length=512, delay=1.0)  # the model takes 1 s

@@ -46,12 +46,16 @@ def _slices(text: str) -> Any:
 
 def first_words(text: str, n: int) -> str:
     """The first ``n`` whitespace-separated words of ``text``, joined by single spaces."""
-    out: list[str] = []
+    parts: list[str] = []  # each slice's words joined on their own: no single join over a million words
+    left = n
     for piece in _slices(text):
-        out.extend(_WORD.findall(piece)[: n - len(out)])
-        if len(out) >= n:
+        words = _WORD.findall(piece)[:left]
+        if words:
+            parts.append(" ".join(words))
+        left -= len(words)
+        if left <= 0:
             break
-    return " ".join(out)
+    return " ".join(parts)
 
 
 def word_count(text: str) -> int:
