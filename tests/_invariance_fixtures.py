@@ -30,6 +30,8 @@ DOCS = [
     "cats purr",
     "The sun shines and it is hot; dry weather has no rain at all, only light and heat from the sun.",
     "dogs bark at night",
+    # longer than the tiny models' windows (ColBERT 24 tokens, layerwise 64): cut, and the longest row
+    " ".join(f"rain falls from clouds when vapour condenses, day {i}." for i in range(20)),
 ]
 Q2 = "why do cats purr"
 DOCS2 = ["cats purr when they are happy and relaxed in the sun", "coffee", "the light bulb"]
@@ -98,10 +100,26 @@ CASES: tuple[Case, ...] = (
     Case("unirank", "unirank", "pointwise", **API),
     Case("llm-pointwise", "llm-pointwise", "pointwise", options={"mode": "yesno"}),
     Case("llm-pointwise-graded", "llm-pointwise", "pointwise", options={"mode": "graded"}),
-    Case("llm-pointwise-likelihood", "llm-pointwise", "pointwise", options={"mode": "likelihood"}),
+    Case(
+        "llm-pointwise-likelihood",
+        "llm-pointwise",
+        "pointwise",
+        options={"mode": "likelihood"},
+        tol=1e-4,
+        why="log-likelihoods near -65 in float32: a padded batch rounds differently (1.1e-5, relative 2e-7)",
+    ),
     Case("llm-pointwise-server", "llm-pointwise", "pointwise", **LLM_SERVER),
     Case("llm-listwise-first", "llm-listwise", "list", options={"method": "first", "window_size": 3}),
     Case("llm-listwise-generate", "llm-listwise", "list", options={"window_size": 3}),
+    *(  # the other ordering strategies over the same FIRST window ranker
+        Case(
+            f"llm-listwise-{s}",
+            "llm-listwise",
+            "list",
+            options={"method": "first", "window_size": 3, "strategy": s},
+        )
+        for s in ("setwise", "pairwise", "tournament", "jointrank")
+    ),
     Case("llm-listwise-server", "llm-listwise", "list", options={"method": "first"}, **LLM_SERVER),
     Case("icr", "icr", "list", batch_option=None, why="one prompt holds the whole list"),
     Case("jina-v3", "jina-v3", "list", why="causal attention: a document's position matters"),

@@ -103,7 +103,7 @@ def test_padding_side_invariance(case: Case, rankers) -> None:  # noqa: F811
     close(got["left"], got["right"], case, "left vs right padding")
 
 
-PERM = [3, 0, 4, 1, 2]
+PERM = [3, 5, 0, 4, 1, 2]
 
 
 def _docs(texts: list[str]) -> list[Document]:
