@@ -354,7 +354,8 @@ class LLMListwiseRanker(Ranker):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Windows ranked, windows whose output needed repair, model calls."""
+        """Windows ranked, windows whose output needed repair, model calls (and ``unusable``: windows whose
+        output named no passage at all, each also logged as a warning)."""
         return dict(self.window.stats)
 
     def _score_many(
