@@ -14,7 +14,9 @@ It also misbehaves the way real servers do, on every request while ``server.misb
 fault of the same name): ``"nologprobs"`` (``logprobs: null``: logprobs unsupported or dropped, as Ollama's
 and several hosted endpoints did), ``"emptytext"`` (empty text, no logprobs), ``"nullcontent"`` (chat
 ``content: null`` with the text in ``reasoning_content``, as vLLM's reasoning parser answers when the
-budget ends inside the reasoning), ``"reasoning"`` (a ``<think>...</think>`` trace before the answer, and a
+budget ends inside the reasoning), ``"chatshape"`` (``/completions`` log-probabilities in the chat shape,
+``{"content": [{"token", "logprob", "top_logprobs": [...]}]}``, as llama.cpp's server answers),
+``"reasoning"`` (a ``<think>...</think>`` trace before the answer, and a
 first-token distribution that is all reasoning tokens), ``"nan"`` (NaN log-probabilities). ``served_name``
 set: every answer names that model whatever was asked (llama.cpp's server ignores the ``model`` field).
 """
@@ -199,7 +201,7 @@ def _flat(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-MISBEHAVIOURS = ("nologprobs", "emptytext", "nullcontent", "reasoning", "nan")
+MISBEHAVIOURS = ("nologprobs", "emptytext", "nullcontent", "reasoning", "nan", "chatshape")
 THINK = "<think>\nPassage [2] talks about rain, [1] is short; maybe 3 > 1.\n</think>\n\n"
 
 
@@ -230,6 +232,18 @@ def _misbehave(kind: str, out: dict[str, Any]) -> None:
                 lp["content"] = [{"token": "<think>", "logprob": -0.01, "top_logprobs": entries}]
             elif lp and lp.get("top_logprobs"):
                 lp.update(tokens=["<think>"], token_logprobs=[-0.01], top_logprobs=[top])
+        elif kind == "chatshape" and lp and "top_logprobs" in lp:
+            tops = lp.get("top_logprobs") or []
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": tok,
+                        "logprob": val,
+                        "top_logprobs": [{"token": t, "logprob": v} for t, v in (top or {}).items()],
+                    }
+                    for tok, val, top in zip(lp["tokens"], lp["token_logprobs"], tops)
+                ]
+            }
         elif kind == "nan" and lp:
             if "content" in lp:
                 for item in lp["content"]:

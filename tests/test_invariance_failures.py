@@ -107,7 +107,7 @@ SERVER_RANKERS = {
     "generate-chat": ("llm-listwise-server", {"method": "generate", "endpoint": "chat", "window_size": 3}),
     "vlm-api": ("vlm-api", {}),
 }
-FAULTS = ("nologprobs", "emptytext", "nullcontent", "reasoning", "nan")
+FAULTS = ("nologprobs", "emptytext", "nullcontent", "reasoning", "nan", "chatshape")
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -125,6 +125,10 @@ def test_misbehaving_openai_server_is_visible(name, fault, models, rankers, capl
             assert how != "raised" and got == clean, f"{name}: a <think> trace changed the ranking {got}"
             return
         if name == "likelihood" and fault == "reasoning":  # an echo request generates nothing to reason
+            return
+        if fault == "chatshape" and name != "likelihood":  # llama.cpp's shape (no echo offsets: visible)
+            how, got = outcome(caplog, lambda: r.score(Q, DOCS[:3]))
+            assert how != "raised" and got == clean, f"{name}: chat-shaped logprobs gave {got}"
             return
         assert_visible(caplog, lambda: r.score(Q, DOCS[:3]), f"{name} / {fault}")
     finally:

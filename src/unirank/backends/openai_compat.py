@@ -208,13 +208,7 @@ class OpenAICompatEngine:
             )
             raise ServerError(f"chat response without text content{hint}: {str(choice)[:200]}")
         out = Completion(text)
-        content = (choice.get("logprobs") or {}).get("content") or []
-        for item in content:
-            out.tokens.append(str(item.get("token", "")))
-            out.token_logprobs.append(item.get("logprob"))
-            out.top_logprobs.append(
-                {str(t["token"]): float(t["logprob"]) for t in item.get("top_logprobs") or []}
-            )
+        _read_content_logprobs(out, (choice.get("logprobs") or {}).get("content") or [])
         return out
 
     async def acomplete(
@@ -244,13 +238,16 @@ class OpenAICompatEngine:
         if not isinstance(text, str):
             raise ServerError(f"completion response without text: {str(choice)[:200]}")
         lp = choice.get("logprobs") or {}
-        return Completion(
+        out = Completion(
             text,
             tokens=[str(t) for t in lp.get("tokens") or []],
             token_logprobs=list(lp.get("token_logprobs") or []),
             top_logprobs=[dict(d or {}) for d in lp.get("top_logprobs") or []],
             text_offset=[int(x) for x in lp.get("text_offset") or []],
         )
+        if not out.tokens and isinstance(lp.get("content"), list):  # llama.cpp: the chat shape here too
+            _read_content_logprobs(out, lp["content"])
+        return out
 
     def chat(self, messages: list[dict[str, str]], **kwargs: Any) -> Completion:
         """Sync :meth:`achat`."""
@@ -259,3 +256,13 @@ class OpenAICompatEngine:
     def complete(self, prompt: str, **kwargs: Any) -> Completion:
         """Sync :meth:`acomplete`."""
         return run_sync(self.acomplete(prompt, **kwargs))  # type: ignore[no-any-return]
+
+
+def _read_content_logprobs(out: Completion, content: list[Any]) -> None:
+    """Append the chat-shaped ``logprobs.content`` entries (one per generated token) to ``out``."""
+    for item in content:
+        out.tokens.append(str(item.get("token", "")))
+        out.token_logprobs.append(item.get("logprob"))
+        out.top_logprobs.append(
+            {str(t["token"]): float(t["logprob"]) for t in item.get("top_logprobs") or []}
+        )
