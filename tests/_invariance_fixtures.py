@@ -62,15 +62,7 @@ API = dict(batch_option=None, padding=False, weights=False, why="HTTP: the serve
 LLM_SERVER = dict(batch_option=None, padding=False, weights=False, why="HTTP: one request per pair/window")
 
 CASES: tuple[Case, ...] = (
-    Case(
-        "ce",
-        "ce",
-        "pointwise",
-        xfail={
-            "padding": "hf.collate left-pads encoders without position_ids: BERT's absolute positions shift "
-            "(cross_encoder.py / hf.py, owned elsewhere)"
-        },
-    ),
+    Case("ce", "ce", "pointwise"),
     Case("ce-decoder", "ce", "pointwise"),  # a Llama seq-cls head whose tokenizer has no pad token
     Case("embed", "embed", "pointwise"),
     Case("bm25", "bm25", "set", batch_option=None, padding=False, weights=False, why="candidate IDF"),

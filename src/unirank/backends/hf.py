@@ -306,9 +306,15 @@ def tokenize(
 
 
 def collate(
-    features: list[dict[str, list[int]]], tokenizer: Any, device: str, *, position_ids: bool = False
+    features: list[dict[str, list[int]]],
+    tokenizer: Any,
+    device: str,
+    *,
+    position_ids: bool = False,
+    padding_side: str | None = None,
 ) -> dict[str, Any]:
-    """Pad a batch of features to its longest item, on the tokenizer's padding side, as torch tensors.
+    """Pad a batch of features to its longest item, on the tokenizer's padding side (or ``padding_side``
+    when given), as torch tensors.
 
     Pads ``input_ids`` with the tokenizer's pad id (see :func:`unirank.backends.padding.align_pad_token`).
     ``position_ids=True`` adds ``position_ids`` that count real tokens only (0 at each row's first token)
@@ -318,7 +324,7 @@ def collate(
     width = max(len(f["input_ids"]) for f in features)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_values = {"input_ids": 0 if pad_id is None else pad_id, "attention_mask": 0, "token_type_ids": 0}
-    left = getattr(tokenizer, "padding_side", "right") == "left"
+    left = (padding_side or getattr(tokenizer, "padding_side", "right")) == "left"
     out = {}
     for key in features[0]:
         rows = []

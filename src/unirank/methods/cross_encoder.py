@@ -16,7 +16,9 @@ score the last token that is not ``config.pad_token_id``. Their batches are padd
 config's ``pad_token_id``, else the tokenizer's pad token, else its eos token, set on both tokenizer and
 config (:func:`unirank.backends.padding.align_pad_token`); a model with none of these is refused with a
 :class:`~unirank.errors.SpecError`. Left-padded batches get position ids that start at each row's first real
-token, so a pair scores the same alone, in any batch, and with either padding side.
+token, so a pair scores the same alone, in any batch, and with either padding side. Encoders (BERT, ELECTRA,
+RoBERTa, ...) always pad on the right, whatever the tokenizer's ``padding_side`` says: their head reads
+position 0 and their absolute positions count from the left edge.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ class CrossEncoderRanker(PointwiseRanker):
         self.decoder = is_decoder_only(self.model.config)
         if self.decoder:
             align_pad_token(self.tokenizer, self.model.config, required=True)
+        else:  # an encoder reads its head at position 0 and absolute positions from the left edge
+            self.tokenizer.padding_side = "right"
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
@@ -183,7 +187,8 @@ class CrossEncoderRanker(PointwiseRanker):
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:
         if self._onnx is not None:  # numpy only: this may run in several threads at once
             return _scores_from_logits(self._onnx(batch), self.num_labels, self.label_index)
-        inputs = hf.collate(batch, self.tokenizer, self.device, position_ids=self.decoder)
+        side = None if self.decoder else "right"  # an encoder's head reads position 0: never left-pad it
+        inputs = hf.collate(batch, self.tokenizer, self.device, position_ids=self.decoder, padding_side=side)
         return self._logits_to_scores(self.model(**inputs).logits)
 
     def _split_passages(self, text: str) -> list[str]:

@@ -212,7 +212,8 @@ class ColBERTRanker(Ranker):
             for batch in batches:
                 # always right-padded: rows keep their positions and ``emb[row, : len(ids)]`` is the row's
                 # tokens whatever the tokenizer's padding side (left padding shifted both)
-                inputs = hf.collate([feats[i] for i in batch], _RightPadded(self.tokenizer), self.device)
+                rows = [feats[i] for i in batch]
+                inputs = hf.collate(rows, self.tokenizer, self.device, padding_side="right")
                 hidden = self.model(**inputs).last_hidden_state
                 emb = torch.nn.functional.normalize(self.linear(hidden).float(), p=2, dim=-1).cpu().numpy()
                 for row, i in enumerate(batch):
@@ -256,15 +257,3 @@ class ColBERTRanker(Ranker):
             embs = [e if (e := self._stored(d)) is not None else fresh[d.text] for d in docs]
             out.append(np.array([maxsim(q, e.astype(np.float32)) for e in embs], dtype=np.float64))
         return out
-
-
-class _RightPadded:
-    """A tokenizer seen with ``padding_side="right"`` (for :func:`unirank.backends.hf.collate`)."""
-
-    padding_side = "right"
-
-    def __init__(self, tok: Any) -> None:
-        self._tok = tok
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tok, name)
