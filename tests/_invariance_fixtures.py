@@ -77,10 +77,6 @@ CASES: tuple[Case, ...] = (
         "e2rank",
         "list",
         why="the first candidates are written into the query",
-        xfail={
-            "nan": "NaN weights give cosine 0.0 for every document, with no warning "
-            "(embedding_listwise.py / embedding.py, owned elsewhere)"
-        },
     ),
     Case("vlm", "vlm", "pointwise", batch_option=None, why="scores one document per forward"),
     Case("vlm-api", "vlm-api", "pointwise", **API),

@@ -283,14 +283,23 @@ class EmbeddingRanker(PointwiseRanker):
         dots = np.einsum("ij,ij->i", q, d)
         if not self.cosine:
             return dots
-        norms = np.linalg.norm(q, axis=1) * np.linalg.norm(d, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
-        return np.where(np.isnan(norms), np.nan, cos)  # a text that failed to encode stays unscorable
+        return cosine_from_dots(dots, np.linalg.norm(q, axis=1) * np.linalg.norm(d, axis=1))
 
     def cache_info(self) -> dict[str, int]:
         """Hits, misses and size of the document-embedding cache."""
         return {"hits": self.cache_hits, "misses": self.cache_misses, "size": len(self._cache)}
+
+
+def cosine_from_dots(dots: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Cosine similarities from dot products and the products of the two norms: 0 for a zero vector, NaN
+    where an embedding is not finite (a text that failed to encode, NaN weights) — never a plausible 0.
+
+    >>> cosine_from_dots(np.array([2.0, 0.0, 1.0]), np.array([4.0, 0.0, np.nan])).tolist()
+    [0.5, 0.0, nan]
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
+    return np.where(np.isnan(norms) | np.isnan(dots), np.nan, cos)
 
 
 def _pool(torch: Any, hidden: Any, mask: Any, mode: str, left_padded: bool) -> Any:

@@ -44,7 +44,7 @@ from ..backends.padding import is_decoder_only
 from ..base import Capabilities
 from ..errors import SpecError
 from ..types import Document, ScoreKind
-from .embedding import EmbeddingRanker
+from .embedding import EmbeddingRanker, cosine_from_dots
 
 __all__ = ["E2RANK_DOC_SUFFIX", "E2RANK_TEMPLATE", "RECIPES", "EmbeddingListwiseRanker"]
 
@@ -187,7 +187,6 @@ class EmbeddingListwiseRanker(EmbeddingRanker):
             d = np.stack([dv[self.document_text(x.text)] for x in docs]).astype(np.float64)
             dots = d @ qrow
             if self.cosine:
-                norms = np.linalg.norm(d, axis=1) * np.linalg.norm(qrow)
-                dots = np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
+                dots = cosine_from_dots(dots, np.linalg.norm(d, axis=1) * np.linalg.norm(qrow))
             out.append(dots)
         return out
