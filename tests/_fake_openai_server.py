@@ -7,7 +7,8 @@ position), and echoed prompt token log-probabilities. Chat messages are rendered
 :func:`unirank.prompts.messages_to_text`, as the local engine does.
 
 Faults are injected per request from ``server.faults`` (consumed in order): ``"429:<retry-after>"``,
-``"500"``, ``"slow:<seconds>"``, ``"garbage"`` (200 with malformed JSON), ``"empty"`` (200 without choices).
+``"500"``, ``"400"`` / ``"401"`` / ``"403"`` / ``"404"``, ``"slow:<seconds>"``, ``"garbage"`` (200 with
+malformed JSON), ``"empty"`` (200 without choices).
 Every request is recorded in ``server.requests``.
 
 It also misbehaves the way real servers do, on every request while ``server.misbehave`` is set (or once, as a
@@ -19,11 +20,22 @@ budget ends inside the reasoning), ``"chatshape"`` (``/completions`` log-probabi
 ``"reasoning"`` (a ``<think>...</think>`` trace before the answer, and a
 first-token distribution that is all reasoning tokens), ``"nan"`` (NaN log-probabilities). ``served_name``
 set: every answer names that model whatever was asked (llama.cpp's server ignores the ``model`` field).
+
+``GET /v1/models`` lists ``model_name`` (``list_models = False``: 404, a server without the route; GETs are
+recorded in ``server.gets``, not ``server.requests``). Every answer carries ``usage`` (prompt and completion
+tokens as the backing tokenizer counts them). ``requests[i]["payload"]`` is the decoded request body.
+A ``"slow:<s>"`` request watches its socket while it waits: a client that gives up and closes the connection
+is recorded in ``server.disconnects`` (its time) and gets no answer. Chat requests honour a last assistant
+message with ``continue_final_message`` (vLLM's prefill) while ``chat_prefill`` is set (default);
+``chat_prefill = False`` is a server that ignores those fields and answers a fresh assistant turn (the
+assistant message becomes an earlier turn), as hosted chat APIs do.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +52,11 @@ class FakeOpenAIServer:
         self.faults: list[str] = []
         self.misbehave: str | None = None
         self.served_name: str | None = None
+        self.list_models = True
+        self.chat_prefill = True
         self.requests: list[dict[str, Any]] = []
+        self.gets: list[str] = []
+        self.disconnects: list[float] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -69,13 +85,38 @@ class FakeOpenAIServer:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
+                with server._lock:
+                    server.gets.append(self.path)
+                if not server.list_models or not self.path.rstrip("/").endswith("/models"):
+                    return self._send(404, b'{"error": "not found"}')
                 self._send(200, json.dumps({"data": [{"id": server.model_name}]}).encode())
+
+            def _wait(self, seconds: float) -> bool:
+                """Sleep ``seconds`` unless the client hangs up first (recorded); False when it did."""
+                end = time.time() + seconds
+                while time.time() < end:
+                    ready, _, _ = select.select([self.connection], [], [], min(0.02, end - time.time()))
+                    if ready and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        with server._lock:
+                            server.disconnects.append(time.time())
+                        self.close_connection = True
+                        return False
+                return True
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with server._lock:
+                    try:
+                        decoded = json.loads(body)
+                    except ValueError:
+                        decoded = None
                     server.requests.append(
-                        {"path": self.path, "headers": dict(self.headers), "t": time.time()}
+                        {
+                            "path": self.path,
+                            "headers": dict(self.headers),
+                            "t": time.time(),
+                            "payload": decoded,
+                        }
                     )
                     fault = server.faults.pop(0) if server.faults else None
                 bad = fault if fault in MISBEHAVIOURS else server.misbehave
@@ -85,12 +126,14 @@ class FakeOpenAIServer:
                         return self._send(429, b'{"error": "rate limited"}', {"Retry-After": arg or "0"})
                     if kind == "500":
                         return self._send(500, b'{"error": "boom"}')
+                    if kind in ("400", "401", "403", "404"):  # what no retry can fix
+                        return self._send(int(kind), b'{"error": "client error"}')
                     if kind == "garbage":
                         return self._send(200, b'{"choices": [{"text": "unterminated')
                     if kind == "empty":
                         return self._send(200, b'{"choices": []}')
-                    if kind == "slow":
-                        time.sleep(float(arg or 1))
+                    if kind == "slow" and not self._wait(float(arg or 1)):
+                        return None
                 try:
                     payload = json.loads(body)
                     if self.path.endswith("/chat/completions"):
@@ -161,9 +204,11 @@ class FakeOpenAIServer:
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
         if p.get("echo") and not p.get("max_tokens"):
             choice.update(text=prompt, logprobs=self._echo(prompt))
+            usage = self._usage(self.engine.encode(prompt), "")
         else:
             ids = self.engine.encode(prompt)
             choice["text"] = self._generate(ids, p)
+            usage = self._usage(ids, choice["text"])
             if p.get("logprobs") is not None:
                 top = self._top(ids, int(p["logprobs"]))
                 choice["logprobs"] = {
@@ -172,15 +217,24 @@ class FakeOpenAIServer:
                     "top_logprobs": [dict(reversed(top))],  # the likeliest wins a name clash
                     "text_offset": [len(prompt)],
                 }
-        return {"object": "text_completion", "model": self.model_name, "choices": [choice]}
+        return {"object": "text_completion", "model": self.model_name, "choices": [choice], "usage": usage}
+
+    def _usage(self, ids: list[int], text: str) -> dict[str, int]:
+        done = len(self.engine.encode(text, special=False)) if text else 0
+        return {"prompt_tokens": len(ids), "completion_tokens": done, "total_tokens": len(ids) + done}
 
     def chat(self, p: dict[str, Any]) -> dict[str, Any]:
-        prompt = messages_to_text([_flat(m) for m in p["messages"]], self.engine.tokenizer)
+        msgs = [_flat(m) for m in p["messages"]]
+        prefix = ""
+        if self.chat_prefill and p.get("continue_final_message") and msgs and msgs[-1]["role"] == "assistant":
+            prefix = msgs.pop()["content"]  # vLLM: the answer continues the last assistant message
+        prompt = messages_to_text(msgs, self.engine.tokenizer, prefix)
         ids = self.engine.encode(prompt)
+        text = self._generate(ids, p)
         choice: dict[str, Any] = {
             "index": 0,
             "finish_reason": "length",
-            "message": {"role": "assistant", "content": self._generate(ids, p)},
+            "message": {"role": "assistant", "content": text},
             "logprobs": None,
         }
         if p.get("logprobs"):
@@ -189,7 +243,8 @@ class FakeOpenAIServer:
             choice["logprobs"] = {
                 "content": [{"token": top[0][0], "logprob": top[0][1], "top_logprobs": entries}]
             }
-        return {"object": "chat.completion", "model": self.model_name, "choices": [choice]}
+        usage = self._usage(ids, text)
+        return {"object": "chat.completion", "model": self.model_name, "choices": [choice], "usage": usage}
 
 
 def _flat(message: dict[str, Any]) -> dict[str, Any]:

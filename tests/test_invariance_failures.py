@@ -138,7 +138,12 @@ def test_misbehaving_openai_server_is_visible(name, fault, models, rankers, capl
 def test_a_server_ignoring_the_model_name_is_warned_about(models, rankers, caplog) -> None:  # noqa: F811
     server = models.get("llm_server")
     from unirank import Reranker
+    from unirank.backends.openai_compat import UnknownModelError
 
+    r = Reranker("llm-pointwise:asked-model", base_url=server.base_url, max_retries=0, top_logprobs=100_000)
+    with pytest.raises(UnknownModelError, match="test-model"):  # GET /v1/models does not list it: refused
+        r.score(Q, DOCS[:2])
+    server.list_models = False  # a server without the route: the name cannot be checked up front
     r = Reranker("llm-pointwise:asked-model", base_url=server.base_url, max_retries=0, top_logprobs=100_000)
     clean = r.score(Q, DOCS[:2])
     server.served_name = "some-other-model"
@@ -150,7 +155,7 @@ def test_a_server_ignoring_the_model_name_is_warned_about(models, rankers, caplo
             ).score(Q, DOCS[:2]),
         )
     finally:
-        server.served_name = None
+        server.served_name, server.list_models = None, True
     assert how == "warned" and got == clean
     assert any("some-other-model" in rec.getMessage() for rec in caplog.records)
 

@@ -81,7 +81,9 @@ def test_retries_honour_retry_after_then_succeed(tiny_server):
 
 
 def test_exhausted_retries_and_timeouts_raise_a_typed_error_without_breaking_the_loop(tiny_server):
-    e = OpenAICompatEngine("m", base_url=tiny_server.base_url, backoff=0.01, max_retries=1, timeout=0.3)
+    e = OpenAICompatEngine(
+        "test-model", base_url=tiny_server.base_url, backoff=0.01, max_retries=1, timeout=0.3
+    )
     tiny_server.faults += ["slow:1", "slow:1"]
 
     async def main():
@@ -96,7 +98,7 @@ def test_exhausted_retries_and_timeouts_raise_a_typed_error_without_breaking_the
 
 
 def test_client_errors_are_not_retried(tiny_server):
-    e = OpenAICompatEngine("m", base_url=tiny_server.base_url, backoff=0.01)
+    e = OpenAICompatEngine("test-model", base_url=tiny_server.base_url, backoff=0.01)
     with pytest.raises(ServerError, match="HTTP 400"):
         e.complete("rain", max_tokens=1, logprobs=10**9)  # over the server's limit
     assert len(tiny_server.requests) == 1
@@ -105,15 +107,15 @@ def test_client_errors_are_not_retried(tiny_server):
 def test_key_and_base_url_from_environment(tiny_server, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", tiny_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    OpenAICompatEngine("m").complete("rain", max_tokens=1)
+    OpenAICompatEngine("test-model").complete("rain", max_tokens=1)
     assert tiny_server.requests[-1]["headers"].get("Authorization") == "Bearer sk-test"
     monkeypatch.delenv("OPENAI_API_KEY")
-    OpenAICompatEngine("m").complete("rain", max_tokens=1)  # a local server needs no key
+    OpenAICompatEngine("test-model").complete("rain", max_tokens=1)  # a local server needs no key
     assert "Authorization" not in tiny_server.requests[-1]["headers"]
 
 
 def test_concurrency_limit_is_respected(tiny_server):
-    e = OpenAICompatEngine("m", base_url=tiny_server.base_url, concurrency=2)
+    e = OpenAICompatEngine("test-model", base_url=tiny_server.base_url, concurrency=2)
     tiny_server.faults += ["slow:0.3"] * 6
 
     async def main():
@@ -125,3 +127,89 @@ def test_concurrency_limit_is_respected(tiny_server):
     starts = sorted(r["t"] for r in tiny_server.requests)
     # at most two requests are in flight: the 3rd starts only after the 1st (0.3 s) finished
     assert starts[2] - starts[0] >= 0.25 and took >= 0.85
+
+
+# -- issue 15: engines that fail fast, usage, prompt log -----------------------------------------------------
+def test_an_unknown_model_name_is_refused_listing_the_served_names(tiny_server):
+    from unirank.backends.openai_compat import UnknownModelError
+
+    e = OpenAICompatEngine("no-such-model", base_url=tiny_server.base_url, backoff=0.01)
+    for _ in range(2):  # refused on every call, the list read once
+        with pytest.raises(UnknownModelError, match="test-model") as err:
+            e.complete("rain", max_tokens=1)
+    assert err.value.served == ["test-model"]
+    assert tiny_server.requests == [] and tiny_server.gets == ["/v1/models"]
+    OpenAICompatEngine("test-model", base_url=tiny_server.base_url).complete("rain", max_tokens=1)
+
+
+def test_a_server_without_a_models_route_accepts_any_name(tiny_server):
+    tiny_server.list_models = False
+    got = OpenAICompatEngine("anything", base_url=tiny_server.base_url).complete("rain", max_tokens=1)
+    assert isinstance(got.text, str) and len(tiny_server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [("127.0.0.1:8000/v1", "no http:// or https:// scheme"), ("ftp://127.0.0.1/v1", "unsupported protocol")],
+)
+def test_a_base_url_no_request_can_reach_fails_at_once(url, why):
+    from unirank import Reranker
+    from unirank.backends.openai_compat import ServerConfigError
+
+    t0 = time.perf_counter()
+    with pytest.raises(ServerConfigError, match=why):
+        OpenAICompatEngine("m", base_url=url, backoff=1.0)
+    with pytest.raises(ServerConfigError, match=why):
+        Reranker("llm-listwise:m", base_url=url, method="first")
+    assert time.perf_counter() - t0 < 1
+
+
+@pytest.mark.parametrize("status", ["400", "401", "403", "404"])
+def test_client_errors_are_raised_after_one_request(tiny_server, status):
+    e = OpenAICompatEngine("test-model", base_url=tiny_server.base_url, backoff=0.5, max_retries=4)
+    tiny_server.faults.append(status)
+    t0 = time.perf_counter()
+    with pytest.raises(ServerError, match=f"HTTP {status}"):
+        e.complete("rain", max_tokens=1)
+    assert len(tiny_server.requests) == 1 and time.perf_counter() - t0 < 1
+
+
+def test_a_timed_out_request_is_cancelled_before_it_is_resent(tiny_server):
+    e = OpenAICompatEngine(
+        "test-model", base_url=tiny_server.base_url, backoff=0.2, max_retries=1, timeout=0.4
+    )
+    tiny_server.faults.append("slow:3")
+    assert isinstance(e.complete("rain", max_tokens=1).text, str)  # the retry succeeds
+    assert len(tiny_server.requests) == 2 and len(tiny_server.disconnects) == 1
+    # the server saw the first request's connection close before the retry arrived
+    assert tiny_server.disconnects[0] <= tiny_server.requests[1]["t"]
+
+
+def test_a_cancelled_task_closes_its_request(tiny_server):
+    e = OpenAICompatEngine("test-model", base_url=tiny_server.base_url, timeout=30)
+    tiny_server.faults.append("slow:5")
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(e.acomplete("rain", max_tokens=1), 0.3)
+        await asyncio.sleep(0.3)
+
+    t0 = time.time()
+    asyncio.run(main())
+    assert len(tiny_server.disconnects) == 1 and tiny_server.disconnects[0] - t0 < 1.5
+
+
+def test_usage_sums_the_servers_counts_and_the_log_has_every_request(tiny_server, tmp_path):
+    import json
+
+    log = tmp_path / "calls.jsonl"
+    e = OpenAICompatEngine("test-model", base_url=tiny_server.base_url, log_path=log)
+    e.complete("what causes rain", max_tokens=3, logprobs=2)
+    e.chat([{"role": "user", "content": "hello"}], max_tokens=2)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    want = [r["usage"] for r in (x["response"] for x in lines)]
+    assert e.usage.calls == 2 and e.usage.calls_without_usage == 0
+    assert e.usage.prompt_tokens == sum(u["prompt_tokens"] for u in want) > 0
+    assert e.usage.completion_tokens == sum(u["completion_tokens"] for u in want)
+    assert [x["endpoint"] for x in lines] == ["completions", "chat/completions"]
+    assert lines[0]["request"]["prompt"] == "what causes rain" and lines[0]["seconds"] >= 0

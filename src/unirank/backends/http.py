@@ -10,8 +10,10 @@ import email.utils
 import math
 import random
 import time
+from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["RETRY_STATUS", "backoff_delay", "retry_after_seconds"]
+__all__ = ["RETRY_STATUS", "backoff_delay", "check_base_url", "retry_after_seconds", "served_models"]
 
 #: HTTP statuses worth retrying: timeouts, conflicts/too-early, rate limits and server errors.
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -47,3 +49,37 @@ def backoff_delay(attempt: int, backoff: float, max_backoff: float, retry_after:
     if hinted is not None:
         return min(hinted, max_backoff)
     return min(backoff * 2**attempt * (0.5 + random.random() / 2), max_backoff)
+
+
+def check_base_url(url: str) -> str | None:
+    """Why ``url`` cannot be requested (``None`` when it can): it needs an ``http://`` / ``https://`` scheme
+    and a host. No retry can fix these, so clients raise at once.
+
+    >>> check_base_url("http://127.0.0.1:8000/v1") is None
+    True
+    >>> check_base_url("127.0.0.1:8000/v1")
+    "base_url '127.0.0.1:8000/v1' has no http:// or https:// scheme (try 'http://127.0.0.1:8000/v1')"
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        if "://" in url:
+            return f"base_url {url!r}: unsupported protocol {parts.scheme!r} (expected http:// or https://)"
+        return f"base_url {url!r} has no http:// or https:// scheme (try 'http://{url}')"
+    return None
+
+
+def served_models(data: Any) -> list[str] | None:
+    """The model names in a ``GET /models`` answer (OpenAI ``{"data": [{"id": ...}]}``, Ollama
+    ``{"models": [{"name": ...}]}``); ``None`` when the answer lists none (the route is then unusable).
+
+    >>> served_models({"data": [{"id": "a"}, {"id": "b"}]}), served_models({"oops": 1})
+    (['a', 'b'], None)
+    """
+    if not isinstance(data, dict):
+        return None
+    names: list[str] = []
+    for key, field in (("data", "id"), ("models", "name"), ("models", "model")):
+        items = data.get(key)
+        if isinstance(items, list):
+            names += [str(x[field]) for x in items if isinstance(x, dict) and isinstance(x.get(field), str)]
+    return sorted(set(names)) or None

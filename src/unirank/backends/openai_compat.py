@@ -6,6 +6,17 @@ connection errors, timeouts, HTTP 408 / 429 / 5xx and malformed JSON, with expon
 ``Retry-After``; when retries run out a :class:`ServerError` is raised (never a hung or crashed event loop).
 At most ``concurrency`` requests are in flight per event loop.
 
+It fails fast on what no retry can fix: a ``base_url`` without an ``http(s)://`` scheme
+(:class:`ServerConfigError`, at construction), an unsupported protocol, HTTP 4xx other than 408 / 409 / 425 /
+429 (:class:`ServerError` at once), and a model name the server's ``GET /models`` does not list
+(:class:`UnknownModelError`, read once per engine; a server without that route is fine). A request given up
+on (timeout, cancelled task) has its connection closed before any retry is sent, so the server can stop it.
+
+``usage`` (:class:`~unirank.backends.usage.Usage`) sums the ``usage`` of every answer; ``log_path=`` appends
+one JSON line per request (``request``, ``response``, ``seconds``) for analysis. ``tokenizer=`` (a folder or
+hub id of the served model's tokenizer, or a tokenizer object) lets the LLM rankers render the model's own
+chat template and budget documents in tokens client-side, exactly as the local engine does.
+
 >>> e = OpenAICompatEngine("my-model", base_url="http://127.0.0.1:8000/v1")
 >>> e.base_url
 'http://127.0.0.1:8000/v1'
@@ -14,23 +25,51 @@ At most ``concurrency`` requests are in flight per event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UniRankError, require
-from .http import RETRY_STATUS, backoff_delay
+from .http import RETRY_STATUS, backoff_delay, check_base_url, served_models
+from .usage import Usage
 
-__all__ = ["Completion", "OpenAICompatEngine", "ServerError", "run_sync"]
+__all__ = [
+    "Completion",
+    "EndpointError",
+    "OpenAICompatEngine",
+    "ServerConfigError",
+    "ServerError",
+    "UnknownModelError",
+    "run_sync",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class ServerError(UniRankError, RuntimeError):
     """An OpenAI-compatible server failed (after retries) or answered something unusable."""
+
+
+class ServerConfigError(UniRankError, ValueError):
+    """An engine configuration no request can succeed with (e.g. a ``base_url`` without ``http(s)://``)."""
+
+
+class UnknownModelError(ServerError):
+    """The server's ``GET /models`` does not list the requested model; ``served`` holds the names it lists."""
+
+    def __init__(self, message: str, served: list[str]) -> None:
+        super().__init__(message)
+        self.served = served
+
+
+class EndpointError(ServerError):
+    """The endpoint cannot give what the method needs (e.g. FIRST over ``chat`` without the identifiers in the
+    first token's log-probabilities); the message names the endpoint to use instead."""
 
 
 @dataclass
@@ -69,6 +108,10 @@ class OpenAICompatEngine:
             ``max_backoff``).
         concurrency: requests in flight at once (per event loop).
         headers: extra HTTP headers. transport: an ``httpx`` transport (tests).
+        check_model: read ``GET /models`` once and refuse a name the server does not list.
+        tokenizer: the served model's tokenizer (folder, hub id or object) for client-side chat templates
+            and token budgets; ``None``: prompts are plain transcripts and budgets count words.
+        log_path: append one JSON line per request (request, response, seconds) to this file.
     """
 
     def __init__(
@@ -84,6 +127,9 @@ class OpenAICompatEngine:
         concurrency: int = 8,
         headers: dict[str, str] | None = None,
         transport: Any = None,
+        check_model: bool = True,
+        tokenizer: Any = None,
+        log_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not model:
             raise ValueError("an OpenAI-compatible engine needs a model name")
@@ -91,7 +137,16 @@ class OpenAICompatEngine:
             raise ValueError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
         self.model = model
         url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        why = check_base_url(url)
+        if why:
+            raise ServerConfigError(why)
         self.base_url = url.rstrip("/")
+        self.check_model = check_model
+        self._served: list[str] | None = None
+        self._models_read = False
+        self.usage = Usage()
+        self.log_path = os.fspath(log_path) if log_path is not None else None
+        self.tokenizer = _load_tokenizer(tokenizer)
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         if key:
@@ -133,15 +188,21 @@ class OpenAICompatEngine:
             self._semaphore(),
             httpx.AsyncClient(timeout=self.timeout, transport=self.transport) as client,
         ):
+            if self.check_model:
+                await self._read_models(client)
             for attempt in range(self.max_retries + 1):
                 retry_after = None
+                t0 = time.perf_counter()
                 try:
                     self.requests_sent += 1
+                    # a timeout or a cancelled task closes this request's connection (httpx), so the server
+                    # sees the disconnect before any retry is sent
                     resp = await client.post(url, json=payload, headers=self.headers)
                     if resp.status_code in RETRY_STATUS:
                         retry_after = resp.headers.get("retry-after")
                         last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                     elif resp.status_code >= 400:
+                        self._log(path, payload, resp.text[:2000], t0)
                         raise ServerError(f"{url} answered HTTP {resp.status_code}: {resp.text[:500]}")
                     else:
                         try:
@@ -154,8 +215,12 @@ class OpenAICompatEngine:
                             and data["choices"]
                         ):
                             self._check_model(data.get("model"))
+                            self.usage.add_server(data.get("usage"))
+                            self._log(path, payload, data, t0)
                             return data
                         last = f"malformed response: {resp.text[:200]!r}"
+                except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:  # no retry can fix these
+                    raise ServerConfigError(f"{url}: {type(exc).__name__}: {exc}") from exc
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
                     last = f"{type(exc).__name__}: {exc}"
                 if attempt < self.max_retries:
@@ -163,6 +228,37 @@ class OpenAICompatEngine:
                     logger.warning("%s failed (%s); retry %d in %.2fs", url, last, attempt + 1, wait)
                     await asyncio.sleep(wait)
         raise ServerError(f"{url} failed after {self.max_retries + 1} attempts; last error: {last}")
+
+    async def _read_models(self, client: Any) -> None:
+        """``GET /models`` once: refuse a model the server does not list (a server without the route, or one
+        that lists nothing, is accepted; a transport failure is left to the request itself)."""
+        httpx = require("httpx", "llm")
+        if not self._models_read:
+            try:
+                resp = await client.get(f"{self.base_url}/models", headers=self.headers)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise ServerConfigError(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+            except (httpx.TimeoutException, httpx.TransportError):
+                return
+            self._models_read = True
+            try:
+                self._served = served_models(resp.json()) if resp.status_code == 200 else None
+            except ValueError:
+                self._served = None
+        if self._served and self.model not in self._served:
+            raise UnknownModelError(
+                f"{self.base_url} does not serve model {self.model!r}; it lists {self._served} "
+                "(pass one of those names, or check_model=False for a server whose list is incomplete)",
+                self._served,
+            )
+
+    def _log(self, path: str, payload: dict[str, Any], response: Any, t0: float) -> None:
+        if not self.log_path:
+            return
+        line = {"endpoint": path, "request": payload, "response": response}
+        line["seconds"] = round(time.perf_counter() - t0, 4)
+        with self._lock, open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def _check_model(self, served: Any) -> None:
         """Warn once when the server names another model than the one asked for (llama.cpp's server
@@ -184,14 +280,23 @@ class OpenAICompatEngine:
         max_tokens: int = 64,
         top_logprobs: int | None = None,
         stop: list[str] | None = None,
+        prefill: str | None = None,
     ) -> Completion:
-        """Greedy chat completion; ``top_logprobs=k`` asks for the k most likely tokens per position."""
+        """Greedy chat completion; ``top_logprobs=k`` asks for the k most likely tokens per position.
+
+        ``prefill`` starts the assistant's answer: a last assistant message the server continues (vLLM /
+        SGLang ``continue_final_message`` with ``add_generation_prompt: false``; llama.cpp's server continues
+        a last assistant message by itself). A server that rejects those fields answers HTTP 400
+        (:class:`ServerError`); one that ignores them answers a fresh turn, which callers must detect."""
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": 0.0,
         }
+        if prefill:
+            payload["messages"] = [*messages, {"role": "assistant", "content": prefill}]
+            payload.update(continue_final_message=True, add_generation_prompt=False)
         if top_logprobs is not None:
             payload.update(logprobs=True, top_logprobs=top_logprobs)
         if stop:
@@ -266,3 +371,12 @@ def _read_content_logprobs(out: Completion, content: list[Any]) -> None:
         out.top_logprobs.append(
             {str(t["token"]): float(t["logprob"]) for t in item.get("top_logprobs") or []}
         )
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer object from a folder / hub id (loaded with transformers), or the object as given."""
+    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
+        return tokenizer
+    from . import hf
+
+    return hf.load_tokenizer(hf.local_model_dir(tokenizer))

@@ -53,7 +53,7 @@ __all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "has_label", "l
 logger = logging.getLogger(__name__)
 
 _SERVER_OPTIONS = ("base_url", "api_key", "timeout", "max_retries", "backoff", "max_backoff", "concurrency")
-_SERVER_OPTIONS += ("headers", "transport")
+_SERVER_OPTIONS += ("headers", "transport", "check_model", "tokenizer", "log_path")
 _LOCAL_OPTIONS = ("gguf_file", "device", "dtype", "max_length", "batch_size", "max_tokens_per_batch")
 _LOCAL_OPTIONS += ("trust_remote_code", "allow_pickle", "revision", "cache_converted", "attn_implementation")
 
@@ -177,12 +177,17 @@ class LLMPointwiseRanker(PointwiseRanker):
             max_passages=max_passages,
             calibrator=options.pop("calibrator", None),
         )
+        from .reasoning import REASONING_OPTIONS, PointwiseReasoner  # reasoning=True: think, then label
+
+        think = {k: options.pop(k) for k in REASONING_OPTIONS if k in options}
+        reasoning = options.pop("reasoning", False)
         self.engine = build_engine(model, options)
         if options:
             raise TypeError(f"unknown option(s) for llm-pointwise: {sorted(options)}")
         self.mode, self.endpoint, self.top_logprobs = mode, endpoint, top_logprobs
         self.max_doc_words = max_doc_words
         default = {"yesno": "yesno", "graded": "graded", "likelihood": "query-likelihood"}[mode]
+        default = "rank1" if reasoning and mode == "yesno" else default
         over: dict[str, Any] = {"labels": tuple(labels)} if labels is not None else {}
         if instruction is not None:
             over["instruction"] = instruction
@@ -206,6 +211,8 @@ class LLMPointwiseRanker(PointwiseRanker):
         self._suffix, self._label_ids = "", []
         if mode != "likelihood" and is_local(self.engine):
             self._suffix, self._label_ids = self._local_labels()
+        #: with ``reasoning=True``: its ``stats`` (trace lengths, calls) and ``traces`` (``keep_traces=True``)
+        self.reasoner = PointwiseReasoner(self, **think) if reasoning else None
 
     def _local_labels(self) -> tuple[str, list[int]]:
         """Label token ids. When ``prefix + label`` starts with a bare-space token (Gemma writes " 0" as "▁",
@@ -257,6 +264,8 @@ class LLMPointwiseRanker(PointwiseRanker):
             from ..backends.openai_compat import run_sync
 
             return run_sync(self._ascore_pairs(queries, texts))  # type: ignore[no-any-return]
+        if self.reasoner is not None:
+            return self.reasoner.score_pairs(queries, texts)
         if self.mode == "likelihood":
             prompts, conts = [], []
             for q, t in zip(queries, texts):
@@ -279,6 +288,8 @@ class LLMPointwiseRanker(PointwiseRanker):
 
     # -- server -------------------------------------------------------------------------------------------
     async def _aone(self, query: str, text: str) -> np.ndarray:
+        if self.reasoner is not None:
+            return await self.reasoner.aone(query, text)
         e, doc = self.engine, self._cut(text)
         if self.mode == "likelihood":
             prompt = self.prompt.template.format(document=doc)
