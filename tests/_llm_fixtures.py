@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["gemma_engine", "gemma_server", "tiny_causal_lm", "tiny_engine", "tiny_server"]
+__all__ = ["gemma_engine", "gemma_server", "make_tiny_causal", "tiny_causal_lm", "tiny_engine", "tiny_server"]
 
 
-def _tokenizer(minilm_path: Path):
+def _tokenizer(minilm_path: Path, pad: bool = True):
     """A causal-LM tokenizer from the packaged MiniLM WordPiece vocab: BOS ([CLS]) prepended, no [SEP]."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -33,7 +33,7 @@ def _tokenizer(minilm_path: Path):
         tokenizer_object=tok,
         bos_token="[CLS]",
         eos_token="[SEP]",
-        pad_token="[PAD]",
+        pad_token="[PAD]" if pad else None,
         unk_token="[UNK]",
         model_max_length=512,
     )
@@ -67,6 +67,52 @@ def tiny_causal_lm(minilm_path, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def make_tiny_causal(minilm_path, tmp_path_factory):
+    """``build(arch, pad=True) -> folder``: a seeded 2-layer random causal LM of the ``arch`` family
+    (``"llama"``, ``"qwen2"``, ``"gemma3"``: its sliding-window layers too) with the MiniLM vocab;
+    ``pad=False`` saves a tokenizer and config without a pad token."""
+    import torch
+    import transformers
+
+    def build(arch: str, pad: bool = True) -> Path:
+        out = tmp_path_factory.mktemp(f"tiny-{arch}-{'pad' if pad else 'nopad'}")
+        tok = _tokenizer(minilm_path, pad=pad)
+        common = dict(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        if arch == "llama":
+            config, cls = transformers.LlamaConfig(**common), transformers.LlamaForCausalLM
+        elif arch == "qwen2":
+            config, cls = transformers.Qwen2Config(**common), transformers.Qwen2ForCausalLM
+        elif arch == "gemma3":
+            config = transformers.Gemma3TextConfig(
+                **common, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]
+            )
+            cls = transformers.Gemma3ForCausalLM
+        else:
+            raise ValueError(arch)
+        torch.manual_seed(0)
+        model = cls(config)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, 1.0)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return out
+
+    return build
 
 
 @pytest.fixture(scope="session")

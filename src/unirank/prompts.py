@@ -85,7 +85,8 @@ class ListwisePrompt:
     """A listwise ranking prompt as chat messages.
 
     ``per_passage_turns`` (RankGPT) puts each passage in its own user turn followed by an assistant
-    acknowledgement; otherwise (RankZephyr) all passages go in one user turn.
+    acknowledgement; otherwise (RankZephyr) all passages go in one user turn. An empty ``system`` sends no
+    system turn; ``{id_list}`` in ``suffix`` lists every identifier as ``list_item`` (LRL).
     """
 
     name: str
@@ -96,6 +97,7 @@ class ListwisePrompt:
     per_passage_turns: bool = False
     ack: str = "Received passage [{id}]."
     first_ack: str = "Okay, please provide the passages."
+    list_item: str = "[{id}]"
 
 
 _YESNO = (
@@ -229,9 +231,8 @@ def get_prompt(prompt: Any, kind: str = "pointwise", **overrides: Any) -> Any:
         obj: Any = PROMPTS[prompt]
     elif isinstance(prompt, str):
         if kind == "listwise":
-            raise ValueError(
-                f"unknown listwise prompt {prompt!r}; known: rankgpt, rankzephyr (or a ListwisePrompt)"
-            )
+            known = sorted(k for k, v in PROMPTS.items() if isinstance(v, ListwisePrompt))
+            raise ValueError(f"unknown listwise prompt {prompt!r}; known: {known} (or a ListwisePrompt)")
         need = {"document"} if kind == "likelihood" else {"query", "document"}
         missing = need - _fields(prompt)
         if missing:
@@ -333,8 +334,11 @@ def render_listwise(
     num = len(passages)
     ex = (ids + ids)[:2] if ids else ["1", "2"]
     head = prompt.prefix.format(num=num, query=query)
-    tail = prompt.suffix.format(num=num, query=query, ex1=ex[1] if num > 1 else ex[0], ex2=ex[0])
-    msgs = [{"role": "system", "content": prompt.system}]
+    id_list = ", ".join(prompt.list_item.format(id=i) for i in ids)
+    tail = prompt.suffix.format(
+        num=num, query=query, ex1=ex[1] if num > 1 else ex[0], ex2=ex[0], id_list=id_list
+    )
+    msgs = [{"role": "system", "content": prompt.system}] if prompt.system else []
     if prompt.per_passage_turns:
         msgs += [{"role": "user", "content": head}, {"role": "assistant", "content": prompt.first_ack}]
         for i, p in zip(ids, passages):
@@ -343,7 +347,7 @@ def render_listwise(
         msgs.append({"role": "user", "content": tail})
     else:
         body = "\n".join(prompt.passage.format(id=i, passage=p) for i, p in zip(ids, passages))
-        msgs.append({"role": "user", "content": f"{head}\n{body}\n{tail}"})
+        msgs.append({"role": "user", "content": "\n".join(x for x in (head, body, tail) if x)})
     return msgs
 
 
@@ -367,3 +371,8 @@ def messages_to_text(
         role = m["role"]
         parts.append(m["content"] if role == "system" else f"{role.capitalize()}: {m['content']}")
     return "\n\n".join(parts) + "\n\nAssistant: " + assistant_prefix
+
+
+from .prompts_presets import PRESETS as _PRESETS  # noqa: E402  (LRL, RankVicuna, APEER-style, thinking)
+
+PROMPTS.update(_PRESETS)

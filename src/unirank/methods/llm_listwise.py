@@ -97,9 +97,12 @@ def strip_reasoning(text: str) -> str:
 
     >>> strip_reasoning("<think>maybe [1]</think>[2] > [1]")
     '[2] > [1]'
+    >>> strip_reasoning("[3] and [1] first? </think> [2] > [1]")  # the template opened the trace
+    '[2] > [1]'
     """
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)
-    return text.split("<think>")[0]
+    from .reasoning import answer_text  # the answer after the LAST </think>; "" if never closed
+
+    return answer_text(text)
 
 
 class _Window:
@@ -127,6 +130,10 @@ class _Window:
         self.endpoint, self.top_logprobs = endpoint, top_logprobs
         self.prompt: ListwisePrompt = get_prompt(prompt, "listwise")
         self.stats = {"windows": 0, "repaired": 0, "calls": 0}
+
+    @property
+    def native_async(self) -> bool:  # a server: the strategies' sync path overlaps windows through arank
+        return not is_local(self.engine)
 
     def messages(self, query: str, docs: list[Document], budget: int) -> list[dict[str, str]]:
         from ..text import truncate_tokens
@@ -329,7 +336,10 @@ class LLMListwiseRanker(Ranker):
         super().__init__(name or f"llm-listwise:{model}", calibrator=options.pop("calibrator", None))
         if method not in ("generate", "first"):
             raise ValueError(f"method={method!r}; expected 'generate' or 'first'")
+        conc, reasoning = options.get("concurrency"), options.pop("reasoning", False)
         self.engine = build_engine(model, options)
+        if conc is not None:  # a strategy option too: windows overlap across queries, sync and async
+            options["concurrency"] = conc
         common = dict(
             prompt=prompt or ("rankzephyr" if method == "first" else "rankgpt"),
             window_size=window_size,
@@ -337,8 +347,12 @@ class LLMListwiseRanker(Ranker):
             endpoint=endpoint,
             top_logprobs=top_logprobs,
         )
-        if method == "first":
-            self.window: _Window = FirstWindow(self.engine, **common)
+        if reasoning:  # think first, answer after </think> (methods/reasoning.py)
+            from .reasoning import reasoning_window
+
+            self.window: _Window = reasoning_window(self.engine, method, prompt, identifiers, options, common)
+        elif method == "first":
+            self.window = FirstWindow(self.engine, **common)
         else:
             self.window = GenerationWindow(
                 self.engine,

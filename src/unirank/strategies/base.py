@@ -40,7 +40,9 @@ class WindowRanker(Protocol):
     ``rank_window`` returns a permutation of ``range(len(docs))``, best first; it must accept any
     ``len(docs) <= window_size`` (and 1). ``arank_window`` is its async twin (HTTP engines run windows
     concurrently through it). Optionally, ``rank_windows(queries, windows)`` ranks many windows in one
-    batched call; the strategies' sync path uses it when present (see :func:`rank_window_batch`).
+    batched call; the strategies' sync path uses it when present (see :func:`rank_window_batch`). Without
+    it, a window ranker whose ``native_async`` attribute is true (an HTTP engine) is driven through
+    ``arank_window`` on the sync path too, so the windows of a round overlap (bounded by ``concurrency``).
     """
 
     window_size: int
@@ -198,6 +200,18 @@ def rank_window_batch(
     return [check_permutation([int(x) for x in p], len(w)) for p, w in zip(got, windows)]
 
 
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine from sync code (in a worker thread when an event loop is already running here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def check_int(name: str, value: Any, lo: int, hi: int | None = None, *, allow_none: bool = False) -> Any:
     """Validate an integer option (``lo <= value <= hi``); ``ValueError`` naming the option otherwise.
 
@@ -321,6 +335,10 @@ class WindowStrategy(Ranker):
     def _score_many(
         self, queries: list[str], docs_lists: list[list[Document]], show_progress: bool = False
     ) -> list[np.ndarray]:
+        w = self.window_ranker
+        if getattr(w, "native_async", False) and not callable(getattr(w, "rank_windows", None)):
+            # an HTTP window ranker: overlap each round's windows (all queries) as arank does
+            return _run_coroutine(self._ascore_many(queries, docs_lists, show_progress))  # type: ignore[no-any-return]
         runs = self._start(docs_lists)
         while any(r.order is None for r in runs):
             need = [(r, q, d, r.calls()) for r, q, d in zip(runs, queries, docs_lists) if r.order is None]

@@ -5,15 +5,16 @@ A comparison of ``a`` and ``b`` asks the window ranker about the window ``[a, b]
 independent and run concurrently. ``a`` beats ``b`` when it wins more of the asked orders; a split decision
 is a tie, broken for sorting by the prior (input) order.
 
-- ``method="allpair"`` (PRP-Allpair): every pair is compared, all at once (one round); documents are ordered
+- ``sort="allpairs"`` (PRP-Allpair): every pair is compared, all at once (one round); documents are ordered
   by their number of wins (ties: input order). Calls: ``n (n - 1)`` (``n (n - 1) / 2`` with one order).
-- ``method="heapsort"`` (PRP-Sorting): a binary max-heap built level by level (sifts of one depth run
+- ``sort="heapsort"`` (PRP-Sorting): a binary max-heap built level by level (sifts of one depth run
   concurrently), then ``top_k - 1`` extractions. A sift step compares the two children, then the winner
   with the parent: at most ``2 * o`` calls per step, ``o`` the orders per comparison.
-- ``method="bubblesort"`` (PRP-Sliding-K): ``top_k`` back-to-front passes of adjacent comparisons, swapping
+- ``sort="bubblesort"`` (PRP-Sliding-K): ``top_k`` back-to-front passes of adjacent comparisons, swapping
   when the lower one wins. Calls: ``o * sum_{i < min(top_k, n - 1)} (n - 1 - i)``.
 
-Aliases: ``"allpairs"``, ``"heap"``, ``"bubble"`` / ``"sliding"`` (PRP-Sliding-K). Documents below the
+Aliases: ``"allpair"``, ``"heap"``, ``"bubble"`` / ``"sliding"`` (PRP-Sliding-K); ``method=`` is the old name
+of ``sort=`` (see :mod:`unirank.strategies.setwise`). Documents below the
 top ``top_k`` keep their input order (heap sort) or their partially sorted order
 (bubble sort); ``top_k`` does not apply to ``allpair``, which orders everything.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Plan, WindowRanker, WindowStrategy, check_int, heap_top_k
+from .setwise import pick_sort
 
 __all__ = ["PAIRWISE_METHODS", "Pairwise"]
 
@@ -35,7 +37,7 @@ class Pairwise(WindowStrategy):
 
     >>> from unirank import Reranker
     >>> from unirank.strategies.base import PointwiseWindow
-    >>> prp = Pairwise(PointwiseWindow(Reranker("bm25"), window_size=2), method="allpair")
+    >>> prp = Pairwise(PointwiseWindow(Reranker("bm25"), window_size=2), sort="allpairs")
     >>> prp.rank("rain", ["sun", "rain", "rain rain"]).indices, prp.last_stats["calls"]
     ([2, 1, 0], 6)
     """
@@ -43,19 +45,18 @@ class Pairwise(WindowStrategy):
     def __init__(
         self,
         window_ranker: WindowRanker,
-        method: str = "allpair",
+        method: str | None = None,
         top_k: int | None = 10,
         both_orders: bool = True,
         concurrency: int = 8,
         name: str = "",
+        sort: str | None = None,
     ) -> None:
-        method = _ALIASES.get(method, method)
+        method = pick_sort(sort, method, "allpair", PAIRWISE_METHODS, _ALIASES)
         super().__init__(window_ranker, concurrency=concurrency, name=name or f"pairwise-{method}")
-        if method not in PAIRWISE_METHODS:
-            raise ValueError(f"method={method!r}; expected one of {PAIRWISE_METHODS}")
         if window_ranker.window_size < 2:
             raise ValueError(f"pairwise needs window_size >= 2, got {window_ranker.window_size}")
-        self.method = method
+        self.sort = self.method = method
         self.top_k = check_int("top_k", top_k, 1, allow_none=True)
         self.both_orders = bool(both_orders)
 

@@ -1,0 +1,130 @@
+"""The batched local engine: padded batches of prompts (either side, with or without a pad token) score
+exactly as one prompt at a time on Llama-, Qwen- and Gemma-style models, and FIRST windows / pointwise
+prompts of many queries run as shared batches with the same rankings."""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from _llm_fixtures import make_tiny_causal, tiny_causal_lm, tiny_engine  # noqa: F401
+from unirank import Reranker
+from unirank.backends.causal_batch import collate_ids
+from unirank.backends.causal_lm import CausalLM
+from unirank.methods.llm_listwise import FirstWindow
+from unirank.types import Document
+
+ATOL = 1e-4
+
+
+def _prompts(engine: CausalLM, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    bos = engine.tokenizer.bos_token_id
+    return [[bos] + [rng.randrange(1000, 20000) for _ in range(n - 1)] for n in lengths]
+
+
+LENGTHS = [3, 17, 9, 30, 1, 12, 25]  # longer than the Gemma-style sliding window (8) too
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("pad", [True, False], ids=["pad", "nopad"])
+def test_batched_next_token_equals_one_at_a_time(make_tiny_causal, arch, pad):
+    folder = make_tiny_causal(arch, pad=pad)
+    got = {}
+    for side in ("left", "right"):
+        engine = CausalLM(folder, padding_side=side, batch_size=16)
+        if not pad:
+            assert engine.tokenizer.pad_token_id is None
+        prompts = _prompts(engine, LENGTHS)
+        before = engine.forward_calls
+        batched = engine.next_token_logprobs(prompts)
+        assert engine.forward_calls - before == 1  # one padded batch
+        single = np.stack([engine.next_token_logprobs([p])[0] for p in prompts])
+        np.testing.assert_allclose(batched, single, atol=ATOL, rtol=0)
+        assert np.isfinite(batched).all()
+        logits = engine.next_token_logits(prompts, [5, 7])
+        np.testing.assert_allclose(
+            logits, np.stack([engine.next_token_logits([p], [5, 7])[0] for p in prompts]), atol=ATOL, rtol=0
+        )
+        conts = [p[1:4] or [1012] for p in _prompts(engine, LENGTHS, seed=1)]
+        cb = engine.continuation_logprobs(prompts, conts)
+        for p, c, row in zip(prompts, conts, cb):
+            np.testing.assert_allclose(row, engine.continuation_logprobs([p], [c])[0], atol=ATOL, rtol=0)
+        got[side] = batched
+    np.testing.assert_allclose(got["left"], got["right"], atol=ATOL, rtol=0)
+
+
+def test_eager_attention_left_padding_matches(make_tiny_causal):
+    engine = CausalLM(make_tiny_causal("llama", pad=False), attn_implementation="eager")
+    prompts = _prompts(engine, LENGTHS, seed=3)
+    single = np.stack([engine.next_token_logprobs([p])[0] for p in prompts])
+    np.testing.assert_allclose(engine.next_token_logprobs(prompts), single, atol=ATOL, rtol=0)
+
+
+def test_collate_positions_count_real_tokens_only():
+    left = collate_ids([[5, 6, 7], [8, 9]], pad_id=0, side="left")
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
+    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert left["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+    right = collate_ids([[5, 6, 7], [8, 9]], pad_id=0, side="right")
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert right["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
+    with pytest.raises(ValueError, match="padding_side"):
+        collate_ids([[1]], pad_id=0, side="middle")
+    with pytest.raises(ValueError, match="padding_side"):
+        CausalLM("no-such-model", padding_side="up")  # checked before anything loads
+
+
+QUERIES = ["what causes rain", "how do cats purr", "stock market crash"]
+DOCS = [
+    [f"passage {j} about {w} and weather number {j * 7 % 5}" for j in range(7)]
+    for w in ("rain", "cats", "markets")
+]
+
+
+def test_first_windows_of_many_queries_share_batches(tiny_engine):
+    kw = dict(engine=tiny_engine, method="first", window_size=4, stride=2, max_doc_tokens=12)
+    one = Reranker("llm-listwise", **kw)
+    before = tiny_engine.forward_calls
+    singles = [one.rank(q, d) for q, d in zip(QUERIES, DOCS)]
+    single_forwards = tiny_engine.forward_calls - before
+    many = Reranker("llm-listwise", **kw)
+    before = tiny_engine.forward_calls
+    batched = many.rank_many(QUERIES, DOCS)
+    batched_forwards = tiny_engine.forward_calls - before
+    for a, b in zip(singles, batched):
+        assert a.indices == b.indices
+        np.testing.assert_allclose([x.score for x in a], [x.score for x in b], atol=ATOL)
+    assert one.stats["calls"] == many.stats["calls"] == single_forwards == 9  # 3 windows per query
+    assert batched_forwards == 3  # one padded batch per sliding-window step, all queries at once
+    # the window log-probabilities themselves, batched vs alone
+    w = many.window
+    prompts = [w.local_prompt(q, [Document(t) for t in docs[:4]], 1, "[") for q, docs in zip(QUERIES, DOCS)]
+    np.testing.assert_allclose(
+        tiny_engine.next_token_logprobs(prompts),
+        np.stack([tiny_engine.next_token_logprobs([p])[0] for p in prompts]),
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+def test_first_rank_windows_is_local_only():
+    server = SimpleNamespace(base_url="http://127.0.0.1:1/v1")  # no next_token_logprobs: a server engine
+    assert FirstWindow(server, window_size=4).rank_windows is None
+
+
+@pytest.mark.parametrize("mode", ["yesno", "graded", "likelihood"])
+def test_pointwise_many_queries_equal_one_at_a_time(tiny_engine, mode):
+    r = Reranker("llm-pointwise", engine=tiny_engine, mode=mode)
+    before = tiny_engine.forward_calls
+    many = [
+        np.array([x.score for x in sorted(res, key=lambda x: x.index)]) for res in r.rank_many(QUERIES, DOCS)
+    ]
+    batched_forwards = tiny_engine.forward_calls - before
+    for q, d, got in zip(QUERIES, DOCS, many):
+        np.testing.assert_allclose(got, r.score(q, d), atol=ATOL, rtol=0)
+    assert batched_forwards == 3  # 21 prompts in batches of 8
