@@ -267,6 +267,22 @@ class FirstWindow(_Window):
             return await asyncio.to_thread(self.rank_window, query, docs)
         return self.order(await self.awindow_logprobs(query, docs))
 
+    @property
+    def rank_windows(self) -> Any:
+        """Local engines: many windows (a strategy round, all queries) as ONE padded batch of prompts;
+        ``None`` on servers, whose windows overlap through ``arank_window`` instead."""
+        return self._rank_windows_local if is_local(self.engine) else None
+
+    def _rank_windows_local(self, queries: list[str], windows: list[list[Document]]) -> list[list[int]]:
+        todo = [i for i, w in enumerate(windows) if len(w) > 1]
+        prompts = [self.local_prompt(queries[i], windows[i], 1, "[") for i in todo]
+        n = max((len(windows[i]) for i in todo), default=0)
+        labels = [self.engine.token_id(x) for x in identifiers(n, "alpha")]
+        lps = self.engine.next_token_logprobs(prompts, labels) if todo else []
+        self.stats["calls"] += len(todo)
+        got = {i: self.order(lp[: len(windows[i])]) for i, lp in zip(todo, lps)}
+        return [got.get(i, list(range(len(w)))) for i, w in enumerate(windows)]
+
     def order(self, lp: np.ndarray) -> list[int]:
         self.stats["windows"] += 1
         if len(lp) > 1 and not np.isfinite(lp).any():
