@@ -28,7 +28,9 @@ A ``"slow:<s>"`` request watches its socket while it waits: a client that gives 
 is recorded in ``server.disconnects`` (its time) and gets no answer. Chat requests honour a last assistant
 message with ``continue_final_message`` (vLLM's prefill) while ``chat_prefill`` is set (default);
 ``chat_prefill = False`` is a server that ignores those fields and answers a fresh assistant turn (the
-assistant message becomes an earlier turn), as hosted chat APIs do.
+assistant message becomes an earlier turn); ``chat_prefill = "reject"`` answers HTTP 400 to them, as OpenAI's
+API does to unknown arguments. ``fresh_turn = True``: a fresh chat answer (not a prefill continuation) has the
+first-token distribution a real chat model had in issue 15 (``" <<"`` first, one identifier in the top 20).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class FakeOpenAIServer:
         self.misbehave: str | None = None
         self.served_name: str | None = None
         self.list_models = True
-        self.chat_prefill = True
+        self.chat_prefill: bool | str = True
+        self.fresh_turn = False
         self.requests: list[dict[str, Any]] = []
         self.gets: list[str] = []
         self.disconnects: list[float] = []
@@ -225,6 +228,8 @@ class FakeOpenAIServer:
 
     def chat(self, p: dict[str, Any]) -> dict[str, Any]:
         msgs = [_flat(m) for m in p["messages"]]
+        if self.chat_prefill == "reject" and "continue_final_message" in p:
+            raise ValueError("Unrecognized request argument supplied: continue_final_message")
         prefix = ""
         if self.chat_prefill and p.get("continue_final_message") and msgs and msgs[-1]["role"] == "assistant":
             prefix = msgs.pop()["content"]  # vLLM: the answer continues the last assistant message
@@ -239,6 +244,8 @@ class FakeOpenAIServer:
         }
         if p.get("logprobs"):
             top = self._top(ids, int(p.get("top_logprobs") or 1))
+            if self.fresh_turn and not prefix:
+                top = FRESH_TURN[: int(p.get("top_logprobs") or 1)]
             entries = [{"token": t, "logprob": v} for t, v in top]
             choice["logprobs"] = {
                 "content": [{"token": top[0][0], "logprob": top[0][1], "top_logprobs": entries}]
@@ -255,6 +262,10 @@ def _flat(message: dict[str, Any]) -> dict[str, Any]:
         return {**message, "content": "\n".join(parts)}
     return message
 
+
+#: a chat model's first token when it starts its own answer (issue 15: " <<", one identifier in the top 20)
+_FRESH = (" <<", "Based", "[", "Here", "1", "It", "**", "The", "Passage", "Ranking", "To", "Sure", "Let", "<")
+FRESH_TURN = [(t, -0.4 - 0.5 * i) for i, t in enumerate((*_FRESH, "A", "\n", "Of", "As", "We", "My"))]
 
 MISBEHAVIOURS = ("nologprobs", "emptytext", "nullcontent", "reasoning", "nan", "chatshape")
 THINK = "<think>\nPassage [2] talks about rain, [1] is short; maybe 3 > 1.\n</think>\n\n"

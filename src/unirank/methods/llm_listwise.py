@@ -28,7 +28,9 @@ import numpy as np
 from ..base import Capabilities, Ranker
 from ..prompts import ListwisePrompt, get_prompt, identifiers, messages_to_text, render_listwise
 from ..types import Document, ScoreKind
+from .llm_cost import LLMCostMixin
 from .llm_pointwise import build_engine, is_local
+from .llm_server import label_mass, record_mass
 
 __all__ = [
     "FirstWindow",
@@ -136,14 +138,10 @@ class _Window:
         return not is_local(self.engine)
 
     def messages(self, query: str, docs: list[Document], budget: int) -> list[dict[str, str]]:
-        from ..text import truncate_tokens
+        from .llm_server import doc_texts  # tokens when the engine has a tokenizer (server: tokenizer=)
 
-        ids = identifiers(len(docs), self.style)
-        if is_local(self.engine):
-            texts = [truncate_tokens(self.engine.tokenizer, d.text, budget) for d in docs]
-        else:
-            texts = [" ".join(d.text.split()[:budget]) for d in docs]
-        return render_listwise(self.prompt, query, texts, ids)
+        texts = doc_texts(self.engine, docs, budget)
+        return render_listwise(self.prompt, query, texts, identifiers(len(docs), self.style))
 
     def local_prompt(self, query: str, docs: list[Document], reserve: int, prefix: str) -> list[int]:
         """Prompt ids within the context: per-document budgets shrink until the window fits."""
@@ -237,7 +235,7 @@ class GenerationWindow(_Window):
         if self.endpoint == "chat":
             text = (await self.engine.achat(msgs, max_tokens=n_new)).text
         else:
-            prompt = messages_to_text(msgs, None, self.assistant_prefix)
+            prompt = messages_to_text(msgs, getattr(self.engine, "tokenizer", None), self.assistant_prefix)
             got = await self.engine.acomplete(prompt, max_tokens=n_new, stop=self.stop)
             text = self.assistant_prefix + got.text
         text = strip_reasoning(text)
@@ -285,6 +283,7 @@ class FirstWindow(_Window):
 
     def order(self, lp: np.ndarray) -> list[int]:
         self.stats["windows"] += 1
+        record_mass(self.stats, label_mass(lp), "FIRST")  # the identifiers' first-token mass (llm_server)
         if len(lp) > 1 and not np.isfinite(lp).any():
             self.stats["unusable"] = self.stats.get("unusable", 0) + 1
             logger.warning(
@@ -302,27 +301,12 @@ class FirstWindow(_Window):
         return self.engine.next_token_logprobs([ids], labels)[0]  # type: ignore[no-any-return]
 
     async def awindow_logprobs(self, query: str, docs: list[Document]) -> np.ndarray:
-        msgs = self.messages(query, docs, self.max_doc_tokens)
-        k = max(self.top_logprobs, len(docs))
-        self.stats["calls"] += 1
-        if self.endpoint == "chat":
-            got = await self.engine.achat(msgs, max_tokens=1, top_logprobs=k)
-        else:
-            got = await self.engine.acomplete(messages_to_text(msgs, None, "["), max_tokens=1, logprobs=k)
-        if not got.top_logprobs or not got.top_logprobs[0]:
-            from ..backends.openai_compat import ServerError
+        from .llm_server import first_logprobs  # chat: prefilled "[", identifiers checked; label mass
 
-            raise ServerError(f"{self.engine.base_url} returned no top_logprobs; FIRST needs them")
-        top = got.top_logprobs[0]
-        out = []
-        for x in identifiers(len(docs), "alpha"):
-            # the identifier token itself (after "[" it has no space); lower-casing tokenizers last
-            hit = next((top[t] for t in (x, " " + x, x.lower(), " " + x.lower()) if t in top), None)
-            out.append(-np.inf if hit is None else float(hit))
-        return np.array(out)
+        return await first_logprobs(self, query, docs)
 
 
-class LLMListwiseRanker(Ranker):
+class LLMListwiseRanker(LLMCostMixin, Ranker):
     """A listwise LLM re-ranker: a generation or FIRST window ranker under an ordering strategy.
 
     >>> r = LLMListwiseRanker("gemma3-270m", method="first", window_size=10, stride=5)  # doctest: +SKIP
@@ -383,9 +367,10 @@ class LLMListwiseRanker(Ranker):
         self.strategy = build_strategy(strategy, self.window, **options)
 
     @property
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Windows ranked, windows whose output needed repair, model calls (and ``unusable``: windows whose
-        output named no passage at all, each also logged as a warning)."""
+        output named no passage at all, each also logged as a warning; FIRST: ``label_mass``, see
+        :mod:`unirank.methods.llm_server`)."""
         return dict(self.window.stats)
 
     def _score_many(

@@ -47,6 +47,8 @@ import numpy as np
 from ..base import PointwiseRanker, _aggregate
 from ..prompts import PointwisePrompt, cap_pieces, get_prompt
 from ..types import Document, ScoreKind
+from .llm_cost import LLMCostMixin
+from .llm_server import label_mass, pointwise_mass, record_mass
 
 __all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "has_label", "label_logprob"]
 
@@ -136,7 +138,7 @@ def has_label(top: dict[str, float], label: str, prefix: str = " ") -> bool:
     return prefix + label in top or label in top or any(t.strip() == label for t in top)
 
 
-class LLMPointwiseRanker(PointwiseRanker):
+class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
     """Scores each (query, document) with a causal LM (see the module docstring for modes and specs).
 
     >>> r = LLMPointwiseRanker("gemma3-270m", mode="yesno")                  # doctest: +SKIP
@@ -213,6 +215,7 @@ class LLMPointwiseRanker(PointwiseRanker):
             self._suffix, self._label_ids = self._local_labels()
         #: with ``reasoning=True``: its ``stats`` (trace lengths, calls) and ``traces`` (``keep_traces=True``)
         self.reasoner = PointwiseReasoner(self, **think) if reasoning else None
+        self.stats: dict[str, Any] = {}  # "label_mass": the labels' first-token mass (llm_server.record_mass)
 
     def _local_labels(self) -> tuple[str, list[int]]:
         """Label token ids. When ``prefix + label`` starts with a bare-space token (Gemma writes " 0" as "▁",
@@ -284,7 +287,10 @@ class LLMPointwiseRanker(PointwiseRanker):
             ]
         if self.score_by == "yes":
             return self._finish_labels(self.engine.next_token_logits(prompts, self._label_ids))
-        return self._finish_labels(self.engine.next_token_logprobs(prompts, self._label_ids))
+        lp = self.engine.next_token_logprobs(prompts, self._label_ids)
+        for row in lp:
+            record_mass(self.stats, label_mass(row), self.name)
+        return self._finish_labels(lp)
 
     # -- server -------------------------------------------------------------------------------------------
     async def _aone(self, query: str, text: str) -> np.ndarray:
@@ -309,6 +315,7 @@ class LLMPointwiseRanker(PointwiseRanker):
         else:
             got = await e.acomplete(prompt, max_tokens=1, logprobs=self.top_logprobs)
         top = got.top_logprobs[0] if got.top_logprobs else {}
+        record_mass(self.stats, pointwise_mass(top, self.prompt.labels, self.prompt.label_prefix), self.name)
         if not any(has_label(top, w, self.prompt.label_prefix) for w in self.prompt.labels):
             # no log-probabilities, or none for any label (a reasoning model's first token is "<think>"):
             # the smallest-listed fallback would give every document the same score
