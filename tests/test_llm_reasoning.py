@@ -156,6 +156,7 @@ def test_reasoning_pointwise_reads_the_label_after_the_trace(first_only, per_doc
         np.testing.assert_allclose(scores, np.log(p) - np.log(1 - p), atol=1e-6)
         assert len(server.requests) == 2 * per_doc * len(RELS)
         assert r.reasoner.stats["reasoning_calls"] == 2 * len(RELS)
+        assert r.reasoner.stats["calls"] == len(server.requests)
         assert all(t["chars"] > 50 for t in r.reasoner.traces)
         assert "stop" not in server.requests[0]
     finally:

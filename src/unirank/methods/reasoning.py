@@ -245,7 +245,7 @@ class PointwiseReasoner(_Traces):
         if ranker.mode == "likelihood":
             raise ValueError("reasoning=True needs mode='yesno' or 'graded' (a label after the trace)")
         self.ranker, self.engine = ranker, ranker.engine
-        self.stats: dict[str, int] = {}
+        self.stats: dict[str, int] = {"calls": 0}
         self._init_traces(max_reasoning_tokens, keep_traces, think_prefix)
 
     def _labels(self, top: dict[str, float]) -> np.ndarray | None:
@@ -272,7 +272,7 @@ class PointwiseReasoner(_Traces):
             forced = CLOSE not in out and len(e.encode(out, special=False)) >= budget
             self._record(q, trace.replace(OPEN, "").strip(), e, forced, trace)
             scored.append(ids + e.encode(f"{trace}{CLOSE}{r._suffix}", special=False))
-        self.stats["calls"] = self.stats.get("calls", 0) + 2 * len(prompts)
+        self.stats["calls"] += 2 * len(prompts)
         return r._finish_labels(e.next_token_logprobs(scored, r._label_ids))  # type: ignore[no-any-return]
 
     # -- server -------------------------------------------------------------------------------------------
@@ -280,6 +280,7 @@ class PointwiseReasoner(_Traces):
         r, e = self.ranker, self.engine
         prompt = r.prompt.render(query, r._cut(text)) + self.think_prefix
         k, budget = r.top_logprobs, self.max_reasoning_tokens + 2
+        self.stats["calls"] += 1
         if r.endpoint == "chat":
             got = await _raw_chat(
                 e, [{"role": "user", "content": prompt}], budget, logprobs=True, top_logprobs=k
@@ -307,6 +308,7 @@ class PointwiseReasoner(_Traces):
         trace_text = got.text.split(CLOSE)[0]
         forced = CLOSE not in got.text
         self._record(query, split.trace, e, forced, trace_text)
+        self.stats["calls"] += 1
         again = await e.acomplete(prompt + f"{trace_text}{CLOSE}", max_tokens=1, logprobs=k)
         score = self._labels(again.top_logprobs[0] if again.top_logprobs else {})
         return self._unusable(split, "completions") if score is None else score
