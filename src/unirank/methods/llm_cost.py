@@ -71,7 +71,7 @@ def estimate_listwise(
     overhead = _count_tokens(ranker.engine, empty) + query_tokens
     prompt = calls * overhead + shown * per_doc
     new = win._new_tokens(size) if hasattr(win, "_new_tokens") else 1
-    return _result(calls, prompt, calls * new, num_queries, rounds=int(st["rounds"]) * num_queries)
+    return _result(calls, prompt, calls * new, num_queries, rounds=int(st["rounds"]))  # per query
 
 
 def estimate_pointwise(
@@ -101,7 +101,7 @@ class LLMCostMixin:
     ) -> dict[str, Any]:
         """Model calls and tokens a run over ``num_queries`` queries of ``depth`` candidates will take,
         before it starts: ``calls``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``,
-        ``calls_per_query`` (and ``rounds`` for listwise strategies).
+        ``calls_per_query`` (and, for listwise strategies, ``rounds``: sequential rounds per query).
 
         >>> from unirank import Reranker                                          # doctest: +SKIP
         >>> r = Reranker("llm-listwise:openai:m", base_url=url, method="first", stride=10)  # doctest: +SKIP
