@@ -207,7 +207,7 @@ class ReasoningWindow(_Traces, GenerationWindow):
         if self.endpoint == "chat":
             got = await _raw_chat(self.engine, msgs, budget)
             return self._finish(query, len(docs), split_reasoning(got["content"], got["reasoning"]), False)
-        prompt = messages_to_text(msgs, None, self.think_prefix)
+        prompt = messages_to_text(msgs, getattr(self.engine, "tokenizer", None), self.think_prefix)
         out = (await self.engine.acomplete(prompt, max_tokens=budget)).text
         split, forced = split_reasoning(self.think_prefix + out), False
         if split.answer is None:
