@@ -150,6 +150,6 @@ def tiny_server(tiny_engine):
 
 @pytest.fixture(scope="session")
 def gemma_server(gemma_engine):
-    server = _serve(gemma_engine, max_logprobs=50)
+    server = _serve(gemma_engine, max_logprobs=50, model_name="gemma")  # GET /v1/models lists it
     yield server
     server.stop()
