@@ -128,3 +128,23 @@ def test_pointwise_many_queries_equal_one_at_a_time(tiny_engine, mode):
     for q, d, got in zip(QUERIES, DOCS, many):
         np.testing.assert_allclose(got, r.score(q, d), atol=ATOL, rtol=0)
     assert batched_forwards == 3  # 21 prompts in batches of 8
+
+
+def test_truncate_tokens_with_a_gemma_style_tokenizer():
+    """Gemma's tokenizer turns spaces into "▁" before pre-tokenizing, so it reports ONE word for a whole text;
+    token-budget truncation used to cut every longer document to "" (FIRST windows on Gemma were empty)."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from unirank.text import truncate_tokens
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    text = "The study of anthropology is the study of human beings and their cultures"
+    tok.train_from_iterator([text] * 3, trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert set(fast(text, add_special_tokens=False).word_ids()) == {0}  # one "word"
+    for budget in (3, 8, 15):
+        cut = truncate_tokens(fast, text, budget)
+        assert cut and text.startswith(cut)
+        assert len(fast(cut, add_special_tokens=False)["input_ids"]) <= budget

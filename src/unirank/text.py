@@ -92,7 +92,10 @@ def _word_spans(tokenizer: _FastTokenizer, text: str) -> list[tuple[int, int, in
     spans: list[list[int]] = []
     last = None
     for (a, b), w in zip(offsets, word_ids):
-        if w is not None and w == last and spans:
+        # a token at a whitespace boundary starts a word even when the tokenizer reports one "word" for the
+        # whole text (SentencePiece-style normalizers that turn spaces into "▁" before pre-tokenizing: Gemma)
+        at_space = a > 0 and (text[a - 1].isspace() or text[a : a + 1].isspace())
+        if w is not None and w == last and spans and not at_space:
             spans[-1][1] = b
             spans[-1][2] += 1
         else:
