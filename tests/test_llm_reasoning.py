@@ -211,6 +211,10 @@ def test_local_reasoning_listwise_and_forced_close(tiny_engine):
     eng.outputs = ["<think>[3] [1] [2] and on and on", "2] > [1] > [3]"]
     assert r.rank("rain", docs).indices == [1, 0, 2]
     assert r.stats["forced"] == 1 and eng.generated[-1][2] == ["\n"]
+    # the template opened the trace and the budget ended inside it: no "<think>", no "</think>" in the output
+    eng.outputs = ["[3] > [1] > [2] maybe, or", "2] > [3] > [1]"]
+    assert r.rank("rain", docs).indices == [1, 2, 0]
+    assert r.stats["forced"] == 2
 
 
 def test_local_reasoning_pointwise_scores_the_token_after_the_trace(tiny_engine):

@@ -7,13 +7,15 @@
 - the answer is read after the LAST ``</think>`` (inside ``<answer>...</answer>`` when the model uses those
   tags, as ReasonRank does), or from the content when the server sends the trace in a separate
   ``reasoning_content`` / ``reasoning`` field (vLLM's and SGLang's reasoning parsers);
-- a trace that never ends (the budget ran out) is closed by force where the prompt can be continued (local
-  engine, ``/completions``: a second call with the trace and ``</think>`` prefilled, counted as ``forced``,
-  as s1 / Rank1 do); on ``chat`` it cannot be, and the window keeps its input order / the pair scores NaN,
-  with a warning and ``unterminated`` counted: a trace is never parsed as the answer;
-- every trace's length is counted (``reasoning_chars``, and ``reasoning_tokens`` where a tokenizer or the
-  server's ``usage`` says) in the ranker's ``stats``; ``keep_traces=True`` also keeps each trace in
-  ``traces`` (the window ranker's, ``ranker.window.traces``; the pointwise ranker's ``ranker.traces``).
+- a trace that never ends is closed by force where the prompt can be continued (local engine,
+  ``/completions``: a second call with the trace and ``</think>`` prefilled, counted as ``forced``, as s1 /
+  Rank1 do; there any output without ``</think>`` counts as such a trace, since the chat template may have
+  opened it); on ``chat`` it cannot be, and the window keeps its input order / the pair scores NaN, with a
+  warning and ``unterminated`` counted: a trace is never parsed as the answer;
+- every trace's length is counted (``reasoning_chars``, and ``reasoning_tokens`` where the engine has a
+  tokenizer; the tokens a server billed are in its ``usage``) in ``stats`` (listwise: ``ranker.stats``;
+  pointwise: ``ranker.reasoner.stats``); ``keep_traces=True`` also keeps each trace in ``traces``
+  (``ranker.window.traces`` / ``ranker.reasoner.traces``).
 
 Pointwise reasoning scores the label's log-probabilities at the token after the trace (Rank1: ``true`` /
 ``false`` after ``</think>``), in one call where the server returns log-probabilities for every generated
@@ -146,6 +148,8 @@ async def _raw_chat(
 class ReasoningWindow(_Traces, GenerationWindow):
     """Permutation generation after a reasoning trace (Rank-K / ReasonRank style); see the module doc."""
 
+    rank_windows = None  # no batched generation path here: every window may need its own forced close
+
     def __init__(
         self,
         engine: Any,
@@ -185,7 +189,7 @@ class ReasoningWindow(_Traces, GenerationWindow):
         ids = self.local_prompt(query, docs, self.max_reasoning_tokens + n_ans, self.think_prefix)
         self.stats["calls"] += 1
         out = self.engine.generate([ids], self.max_reasoning_tokens + n_ans)[0]
-        split, forced = split_reasoning(self.think_prefix + out), False
+        split, forced = _closed(self.think_prefix + out), False
         if split.answer is None:  # budget spent while thinking: close the trace, prefill the answer
             self.stats["calls"] += 1
             more = self.engine.encode(out + f"\n{CLOSE}\n\n[", special=False)
@@ -209,7 +213,7 @@ class ReasoningWindow(_Traces, GenerationWindow):
             return self._finish(query, len(docs), split_reasoning(got["content"], got["reasoning"]), False)
         prompt = messages_to_text(msgs, getattr(self.engine, "tokenizer", None), self.think_prefix)
         out = (await self.engine.acomplete(prompt, max_tokens=budget)).text
-        split, forced = split_reasoning(self.think_prefix + out), False
+        split, forced = _closed(self.think_prefix + out), False
         if split.answer is None:
             self.stats["calls"] += 1
             tail = f"{out}\n{CLOSE}\n\n["
@@ -324,6 +328,16 @@ class PointwiseReasoner(_Traces):
             endpoint,
         )
         return np.array([np.nan])
+
+
+def _closed(text: str) -> Split:
+    """With ``reasoning=True`` an output without ``</think>`` is a trace the budget cut (the chat template may
+    have opened it, so no ``<think>`` need be in it): never read as the answer.
+
+    >>> _closed("[3] looks best, then [1] and")
+    Split(answer=None, trace='[3] looks best, then [1] and')
+    """
+    return split_reasoning(text) if CLOSE in text else Split(None, text.replace(OPEN, "").strip())
 
 
 def _after_trace(tokens: list[str], separate: bool) -> int | None:
