@@ -247,3 +247,15 @@ def test_lrl_answers_parse():
     finally:
         server.stop()
     assert strip_reasoning("Passage3, Passage1, Passage2") == "[3], [1], [2]"
+
+
+def test_cost_estimate_counts_the_thinking_budget():
+    r = Reranker(
+        "llm-listwise:openai:m",
+        base_url="http://127.0.0.1:9/v1",
+        reasoning=True,
+        max_reasoning_tokens=500,
+        check_model=False,
+    )
+    est = r.estimate(num_queries=2, depth=20)
+    assert est["completion_tokens"] >= est["calls"] * 500

@@ -185,7 +185,7 @@ class ReasoningWindow(_Traces, GenerationWindow):
             from ..backends.openai_compat import run_sync
 
             return run_sync(self.arank_window(query, docs))  # type: ignore[no-any-return]
-        n_ans = self._new_tokens(len(docs))
+        n_ans = self._answer_tokens(len(docs))
         ids = self.local_prompt(query, docs, self.max_reasoning_tokens + n_ans, self.think_prefix)
         self.stats["calls"] += 1
         out = self.engine.generate([ids], self.max_reasoning_tokens + n_ans)[0]
@@ -205,7 +205,7 @@ class ReasoningWindow(_Traces, GenerationWindow):
 
             return await asyncio.to_thread(self.rank_window, query, docs)
         msgs = self.messages(query, docs, self.max_doc_tokens)
-        n_ans = self._new_tokens(len(docs))
+        n_ans = self._answer_tokens(len(docs))
         budget = self.max_reasoning_tokens + n_ans
         self.stats["calls"] += 1
         if self.endpoint == "chat":
@@ -222,6 +222,10 @@ class ReasoningWindow(_Traces, GenerationWindow):
         return self._finish(query, len(docs), split, forced)
 
     def _new_tokens(self, n: int) -> int:
+        """The most tokens one call may generate: the thinking budget plus the answer (cost estimates)."""
+        return self.max_reasoning_tokens + self._answer_tokens(n)
+
+    def _answer_tokens(self, n: int) -> int:
         if self.max_new_tokens:
             return self.max_new_tokens
         sample = " > ".join(f"[{i}]" for i in identifiers(n, self.style))
