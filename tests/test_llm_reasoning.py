@@ -259,3 +259,13 @@ def test_cost_estimate_counts_the_thinking_budget():
     )
     est = r.estimate(num_queries=2, depth=20)
     assert est["completion_tokens"] >= est["calls"] * 500
+
+
+def test_local_graded_reasoning_expected_label_after_the_trace(tiny_engine):
+    """ERank-style: think, then the expected grade over the label tokens 0..3 at the token after the trace."""
+    eng = _Scripted(tiny_engine, ["partly about rain", "not at all"])
+    r = Reranker("llm-pointwise:x", engine=eng, mode="graded", reasoning=True, max_reasoning_tokens=8)
+    got = np.asarray(r.score("rain", rel_docs(RELS[:2])), dtype=float)
+    assert np.isfinite(got).all() and ((got >= 0) & (got <= 3)).all()
+    assert tiny_engine.tokenizer.decode(eng.scored[1]).replace(" ", "").endswith("notatall</think>")
+    assert r.reasoner.stats["reasoning_calls"] == 2
