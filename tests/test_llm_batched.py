@@ -148,3 +148,16 @@ def test_truncate_tokens_with_a_gemma_style_tokenizer():
         cut = truncate_tokens(fast, text, budget)
         assert cut and text.startswith(cut)
         assert len(fast(cut, add_special_tokens=False)["input_ids"]) <= budget
+
+
+def test_local_usage_counts_tokens_as_a_server_would(tiny_engine):
+    e = tiny_engine
+    prompts = _prompts(e, [4, 9, 6], seed=5)
+    before = e.usage.copy()
+    e.next_token_logprobs(prompts, [5, 6])
+    e.continuation_logprobs(prompts, [[1012, 1013]] * 3)
+    e.generate([prompts[0]], max_new_tokens=3)
+    spent = e.usage - before
+    assert spent.calls == 3 + 3 + 1
+    assert spent.prompt_tokens == 19 + (19 + 6) + 4
+    assert spent.completion_tokens == 3 + 0 + 3  # one scored token per prompt; the decoded tokens

@@ -63,6 +63,13 @@ def collate_ids(rows: list[list[int]], *, pad_id: int, side: str, device: str = 
     }
 
 
+def _count(engine: Any, prompt_lengths: list[int], completion: int) -> None:
+    """Add the prompts to ``engine.usage`` (one call each, as a server request would be)."""
+    usage = getattr(engine, "usage", None)
+    if usage is not None:
+        usage.add(sum(prompt_lengths), completion * len(prompt_lengths), calls=len(prompt_lengths))
+
+
 def _accepts(engine: Any, name: str) -> bool:
     cache = engine.__dict__.setdefault("_forward_params", {})
     if name not in cache:
@@ -130,7 +137,9 @@ def next_token_scores(
             rows = rows[:, token_ids]
         return rows.cpu().numpy()  # type: ignore[no-any-return]
 
-    return engine._run(feats, forward)  # type: ignore[no-any-return]
+    out = engine._run(feats, forward)
+    _count(engine, [len(p) for p in prompts], completion=1)
+    return out  # type: ignore[no-any-return]
 
 
 def continuation_logprobs(
@@ -165,4 +174,5 @@ def continuation_logprobs(
         return out
 
     rows = engine._run(feats, forward)
+    _count(engine, [len(f["input_ids"]) for f in feats], completion=0)
     return [rows[i, : len(c)] for i, c in enumerate(continuations)]

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import SpecError, require
 from . import causal_batch, hf
+from .usage import Usage
 
 __all__ = ["PACKAGED_GGUF", "CausalLM", "cache_dir"]
 
@@ -140,6 +141,9 @@ class CausalLM:
         self.padding_side = padding_side
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.forward_calls = 0
+        #: calls and tokens counted with the tokenizer, as a server would bill them: one call per prompt, one
+        #: completion token per next-token score, the decoded tokens of a generation, none for a likelihood
+        self.usage = Usage()
         self.lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------------------
@@ -272,6 +276,7 @@ class CausalLM:
                     # the vocabulary cannot express a stop string (e.g. no newline token): stop by length
                     extra = {}
                     gen = self.model.generate(**kwargs)
+                self.usage.add(len(p), int(gen.shape[1]) - len(p))
                 text = self.tokenizer.decode(gen[0, len(p) :], skip_special_tokens=True)
                 for s in stop or []:
                     text = text.split(s)[0]
@@ -308,6 +313,7 @@ class CausalLM:
         try:
             with self.lock, torch.inference_mode():
                 self.forward_calls += 1
+                self.usage.add(len(ids), 0)
                 t = torch.tensor([ids], dtype=torch.long, device=self.device)
                 self.model(input_ids=t, attention_mask=torch.ones_like(t), output_attentions=True)
         finally:
