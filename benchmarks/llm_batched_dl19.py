@@ -1,7 +1,7 @@
 """Batched local LLM re-ranking vs one query at a time, on TREC DL 2019 x BM25 with the packaged Gemma 3 270M.
 
-Two read-outs of the same ranker, timed alternately (``--reps`` times each, medians) so that the noise of a
-shared machine hits both:
+Two read-outs of the same ranker, timed alternately (``--reps`` times each, which one goes first alternating
+too; medians) so that the noise of a shared machine hits both:
 
 - ``one``: ``ranker.rank(q, docs)`` for each query in turn. FIRST sends one window per forward; pointwise
   already batches a query's own prompts (``batch_size`` per forward).
@@ -80,7 +80,7 @@ def main() -> None:
     forwards: dict[str, int] = {}
     got: dict[str, list[np.ndarray]] = {}
     for rep in range(args.reps):
-        for mode in ("one", "many"):
+        for mode in ("one", "many") if rep % 2 == 0 else ("many", "one"):  # alternate who goes first
             before = engine.forward_calls
             t0 = time.perf_counter()
             if mode == "one":
