@@ -161,3 +161,19 @@ def test_local_usage_counts_tokens_as_a_server_would(tiny_engine):
     assert spent.calls == 3 + 3 + 1
     assert spent.prompt_tokens == 19 + (19 + 6) + 4
     assert spent.completion_tokens == 3 + 0 + 3  # one scored token per prompt; the decoded tokens
+
+
+def test_first_batches_uneven_queries_and_window_sizes(tiny_causal_lm):
+    """Queries with 7, 3 and 5 candidates: windows of different sizes share batches; one query ends early."""
+    queries = QUERIES
+    docs = [DOCS[0], DOCS[1][:3], DOCS[2][:5]]
+    results = {}
+    for side in ("left", "right"):
+        kw = dict(method="first", window_size=4, stride=2, max_doc_tokens=12, padding_side=side)
+        r = Reranker(f"llm-listwise:{tiny_causal_lm}", **kw)
+        assert r.engine.padding_side == side  # the spec option reaches the engine
+        many = r.rank_many(queries, docs)
+        one = [r.rank(q, d) for q, d in zip(queries, docs)]
+        assert [x.indices for x in many] == [x.indices for x in one]
+        results[side] = [x.indices for x in many]
+    assert results["left"] == results["right"]

@@ -58,6 +58,7 @@ _SERVER_OPTIONS = ("base_url", "api_key", "timeout", "max_retries", "backoff", "
 _SERVER_OPTIONS += ("headers", "transport", "check_model", "tokenizer", "log_path")
 _LOCAL_OPTIONS = ("gguf_file", "device", "dtype", "max_length", "batch_size", "max_tokens_per_batch")
 _LOCAL_OPTIONS += ("trust_remote_code", "allow_pickle", "revision", "cache_converted", "attn_implementation")
+_LOCAL_OPTIONS += ("padding_side",)
 
 
 def build_engine(model: Any, options: dict[str, Any]) -> Any:
