@@ -68,14 +68,16 @@ class RecordingRanker(Ranker):
 
 
 @contextlib.contextmanager
-def loopback(app, config=None, timeout: float = 10.0):
+def loopback(app, config=None, timeout: float = 10.0, **options):
     """Run ``app`` with uvicorn on 127.0.0.1 (port 0) as ``unirank serve`` does (``uvicorn_config``: header
-    and keep-alive timeouts applied); yield ``(host, port)``; always stop it."""
+    and keep-alive timeouts applied; ``options`` such as ``root_path``, ``ssl_certfile`` go to uvicorn);
+    yield ``(host, port)``; always stop it."""
     import uvicorn
 
     from unirank.serve.server import uvicorn_config
 
-    server = uvicorn.Server(uvicorn_config(app, config, port=0, log_level="warning", graceful_timeout=2))
+    cfg = uvicorn_config(app, config, port=0, log_level="warning", graceful_timeout=2, **options)
+    server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, name="loopback-server", daemon=True)
     thread.start()
     try:

@@ -8,10 +8,11 @@
 
 Routes: ``POST /v1/rerank`` (Cohere v1 + Jina), ``POST /v2/rerank`` (Cohere v2), ``POST /jina/v1/rerank``
 (Jina defaults: documents returned), ``POST /rerank`` (TEI), ``GET /health``, ``GET /info``,
-``GET /metrics`` (Prometheus), ``GET /docs`` and ``/openapi.json``. Cohere and Jina ``relevance_score`` and
-TEI's default ``score`` are the model's scores mapped to 0..1 (``normalize="auto"``: sigmoid for logits,
-cosine to 0..1, per-query min-max for BM25); TEI's ``raw_scores: true`` gives the raw scores. The
-``x-unirank-score-kind`` response header says which.
+``GET /metrics`` (Prometheus), ``GET /docs`` (offline) and ``/openapi.json``; ``GET /v1/models``,
+``GET /info/{model}``, ``POST /v1/embeddings`` (see :mod:`unirank.serve.deploy_routes`).
+Cohere and Jina ``relevance_score`` and TEI's default ``score`` are the model's scores mapped to 0..1
+(``normalize="auto"``: sigmoid for logits, cosine to 0..1, per-query min-max for BM25); TEI's
+``raw_scores: true`` gives the raw scores. The ``x-unirank-score-kind`` response header says which.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from ..normalize import normalize_scores  # noqa: E402
 from .batcher import MicroBatcher, QueueFull, ShuttingDown, WouldTimeOut  # noqa: E402
+from .deploy_routes import add_deploy_routes  # noqa: E402
 from .guard import guard_middleware  # noqa: E402
 from .limits import Metrics, ServeConfig, check_api_key  # noqa: E402
+from .logs import RequestIdMiddleware  # noqa: E402
 from .prepare import cohere_texts, render_json, word_count  # noqa: E402
 from .schemas import (  # noqa: E402
     ErrorBody,
@@ -87,6 +90,7 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
     cfg = config or ServeConfig()
     rankers = load_models(models)
     default = cfg.default_model or next(iter(rankers))
+    default = cfg.aliases.get(default, default)
     if default not in rankers:
         raise ValueError(f"default model {default!r} is not one of {sorted(rankers)}")
     metrics = Metrics()
@@ -125,6 +129,8 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
         version=_version(),
         lifespan=lifespan,
         description="Re-ranking service speaking the Cohere, Jina and TEI rerank APIs.",
+        docs_url=None,  # FastAPI's pages load their assets from a CDN; /docs is served offline below
+        redoc_url=None,
     )
     app.state.batchers, app.state.metrics, app.state.config = batchers, metrics, cfg
 
@@ -158,14 +164,21 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
 
     auth = [Depends(authorize)]
 
+    def resolve(model: str | None) -> str:
+        """The served model a request's ``model`` (a name, an alias or none: the default) reaches, or 404."""
+        name = model or default
+        name = cfg.aliases.get(name, name)
+        if name not in rankers:
+            served = sorted(rankers) + sorted(cfg.aliases)
+            raise HTTPException(404, f"model {model!r} is not served; available: {served}")
+        return name
+
     async def score(
         model: str | None, query: str, docs: list[Any], prepare: Any = None
     ) -> tuple[Ranker, np.ndarray, Any]:
         """Raw scores of ``docs``; ``prepare(ranker)`` -> ``(texts, extra)`` runs first, in a worker thread
         (per-document work never runs on the event loop), under the same timeout as the model."""
-        name = model or default
-        if name not in batchers:
-            raise HTTPException(404, f"model {name!r} is not served; available: {sorted(batchers)}")
+        name = resolve(model)
         if len(docs) > cfg.max_documents:
             metrics.rejected.labels("documents").inc()
             raise HTTPException(
@@ -308,6 +321,7 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
                 {"name": n, "class": type(r).__name__, "score_kind": r.score_kind.value}
                 for n, r in rankers.items()
             ],
+            "aliases": dict(cfg.aliases),
             "limits": {
                 "max_documents": cfg.max_documents,
                 "max_body_bytes": cfg.max_body_bytes,
@@ -319,12 +333,19 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
             },
         }
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics", dependencies=auth if cfg.metrics_auth else [])
     async def prometheus() -> Response:
         data, ctype = metrics.render()
         return Response(data, media_type=ctype)
 
+    add_deploy_routes(app, rankers, cfg, auth, resolve)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        origins = list(cfg.cors_origins)
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(_Guard, config=cfg, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: even the guard's refusals carry X-Request-ID
     return app
 
 

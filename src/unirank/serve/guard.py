@@ -73,7 +73,9 @@ def guard_middleware(app: Any, config: ServeConfig, metrics: Metrics) -> Any:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        path = scope.get("path", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # uvicorn's --root-path: the route is what follows the prefix
+            path = path[len(root) :]
         route = path if path in KNOWN_ROUTES else "other"
         status_box: dict[str, Any] = {"status": 500, "started": False}
         limit = config.max_body_bytes

@@ -8,13 +8,25 @@ several apps in one process (tests, multi-tenant) do not collide.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Metrics", "ServeConfig", "check_api_key"]
 
-KNOWN_ROUTES = ("/v1/rerank", "/v2/rerank", "/jina/v1/rerank", "/rerank", "/health", "/info", "/metrics")
+KNOWN_ROUTES = (
+    "/v1/rerank",
+    "/v2/rerank",
+    "/jina/v1/rerank",
+    "/rerank",
+    "/health",
+    "/info",
+    "/metrics",
+    "/v1/models",
+    "/v1/embeddings",
+    "/docs",
+    "/openapi.json",
+)
 
 
 @dataclass
@@ -26,6 +38,11 @@ class ServeConfig:
     body (408), ``keep_alive_timeout`` how long an idle keep-alive connection stays open.
     ``request_timeout`` bounds the work on a request once it is read (504). Header and keep-alive times are
     applied by :func:`unirank.serve.server.uvicorn_config` (the server's side); the others by the app.
+
+    Deployment: ``aliases`` maps more model names (say ``rerank-english-v3.0``, the Cohere SDK's default) to
+    served ones; ``model_details`` (name -> ``{"spec", "options"}``) is shown by ``/info/{model}``;
+    ``metrics_auth=False`` serves ``/metrics`` without the API key; ``cors_origins`` enables CORS for
+    those origins (``"*"``: any).
     """
 
     api_keys: Sequence[str] = ()
@@ -39,6 +56,10 @@ class ServeConfig:
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     keep_alive_timeout: float = 5.0
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    model_details: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    metrics_auth: bool = True
+    cors_origins: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_body_bytes", "max_queue", "max_batch_docs"):
@@ -74,9 +95,10 @@ class Metrics:
     """Prometheus metrics in a registry of their own."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.requests = Counter(
             "unirank_requests", "HTTP requests", ["route", "status"], registry=self.registry
         )

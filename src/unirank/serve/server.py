@@ -93,10 +93,13 @@ def uvicorn_config(
     port: int = 8000,
     log_level: str = "info",
     graceful_timeout: float | None = 30.0,
+    **options: Any,
 ) -> Any:
     """A ``uvicorn.Config`` serving ``app`` with ``config``'s header and keep-alive timeouts applied.
 
     ``config`` defaults to the app's own (``app.state.config``, set by :func:`~unirank.serve.create_app`).
+    ``options`` go to ``uvicorn.Config`` (``root_path``, ``ssl_certfile``, ``ssl_keyfile``, ``log_config``,
+    ...); the app writes its own access lines (with the request id), so uvicorn's are off.
     """
     uvicorn = require("uvicorn", "server")
     cfg = config or getattr(getattr(app, "state", None), "config", None) or ServeConfig()
@@ -108,4 +111,5 @@ def uvicorn_config(
         http=guarded_protocol(cfg.header_timeout),
         timeout_keep_alive=cfg.keep_alive_timeout,  # type: ignore[arg-type]  # seconds; a float works
         timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]
+        **{"access_log": False, **options},
     )
