@@ -144,7 +144,10 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
     assert wtl[0] == ["system", "baseline", "wins", "ties", "losses"]
     assert all(int(r[2]) + int(r[3]) + int(r[4]) == 6 for r in wtl[1:])
     assert sum(int(r[1]) for r in lexical[1:]) == 6
-    assert len(sig) == 1 + 4 * len(METRICS) * 3
+    # one row per (system, metric): Δ, 95 % CI, +, −, then p and corrected p per test, then the mark
+    assert len(sig) == 1 + 4 * len(METRICS)
+    assert sig[0][:7] == ["system", "baseline", "metric", "Δ", "95% CI", "+", "−"] and len(sig[0]) == 8 + 6
+    assert main[0][1 + len(METRICS) : 4 + len(METRICS)] == ["Δ nDCG@10 (95% CI)", "+ nDCG@10", "− nDCG@10"]
     assert {"Depth sweep", "Win / tie / loss", "Lexical overlap", "Significance"} <= set(dom.headings)
 
 

@@ -147,3 +147,31 @@ def test_holm_by_hand_and_properties():
         adjust(p, "sidak")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm([0.2, 1.5])
+
+
+def test_bootstrap_ci_matches_scipy_and_the_exact_distribution():
+    from unirank.eval.significance import bootstrap_ci
+
+    a, b = _pair(43, 31, shift=0.05)
+    ours = bootstrap_ci(a, b, n_resamples=20_000, seed=5)
+    assert ours == bootstrap_ci(a, b, n_resamples=20_000, seed=5)  # seeded
+    test = bootstrap_test(a, b, n_resamples=20_000, seed=5)
+    assert ours == (test.ci_low, test.ci_high)
+    ref = st.bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: np.mean(x - y, axis=axis),
+        paired=True,
+        vectorized=True,
+        method="percentile",
+        n_resamples=20_000,
+        confidence_level=0.95,
+        random_state=6,
+    )
+    sd = np.std(ref.bootstrap_distribution)
+    assert ours[0] == pytest.approx(ref.confidence_interval.low, abs=0.1 * sd)
+    assert ours[1] == pytest.approx(ref.confidence_interval.high, abs=0.1 * sd)
+    # by hand: differences [0, 0, 1] -> resampled means 0, 1/3, 2/3, 1 with P = 8, 12, 6, 1 / 27;
+    # P(mean <= 2/3) = 26/27 < 0.975, so the 95 % interval is [0, 1]
+    assert bootstrap_ci([0.5, 0.5, 1.0], [0.5, 0.5, 0.0], n_resamples=50_000, seed=0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci(a, b, confidence=1.0)

@@ -17,7 +17,7 @@ from .metrics import EvalResult, evaluate
 if TYPE_CHECKING:
     from .experiment import DatasetSpec, ExperimentConfig
 
-__all__ = ["Hashes", "digest", "evaluate_in", "judged", "prepare_dataset"]
+__all__ = ["Hashes", "digest", "evaluate_in", "fold_note", "judged", "prepare_dataset", "real_depths"]
 
 logger = logging.getLogger("unirank.eval.experiment")
 
@@ -122,3 +122,30 @@ class Hashes:
 def digest(obj: Any) -> str:
     """SHA-256 of ``obj``'s canonical JSON: the cache keys of units."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def real_depths(depths: list[int], candidates: int) -> tuple[list[int], list[int]]:
+    """The depths worth evaluating over lists of at most ``candidates`` documents, and those folded.
+
+    A depth beyond the longest candidate list re-ranks exactly what depth ``candidates`` does: it is folded
+    into that depth (run once, labelled ``@candidates``) rather than reported as another system.
+
+    >>> real_depths([10, 50, 200, 500], 100)
+    ([10, 50, 100], [200, 500])
+    >>> real_depths([10, 100, 200], 100)
+    ([10, 100], [200])
+    """
+    limit = max(1, candidates)
+    folded = [d for d in depths if d > limit]
+    return sorted({min(d, limit) for d in depths}), folded
+
+
+def fold_note(name: str, folded: list[int], wanted: list[int], candidates: int, first_stage: str) -> str:
+    """The report's note for depths :func:`real_depths` folded."""
+    what = ", ".join(map(str, folded))
+    head = (
+        f"{name}: depth {what} exceeds the {candidates} candidates per query of first stage {first_stage!r}"
+    )
+    if candidates in wanted:
+        return f"{head}; not evaluated (the same re-ranking as {name}@{candidates})"
+    return f"{head}; evaluated once as {name}@{candidates} (every candidate)"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import EvalInputError
-from ._experiment_data import Hashes, digest, evaluate_in, judged, prepare_dataset
+from ._experiment_data import Hashes, digest, evaluate_in, fold_note, judged, prepare_dataset, real_depths
 from ._files import atomic_write
 from .io import Dataset, Run
 from .metrics import EvalResult
@@ -62,6 +62,7 @@ class Group:
     evals: dict[str, EvalResult]
     analysis: dict[str, Any] = field(default_factory=dict)
     skipped_queries: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. depths folded into the candidate list's length
 
     @property
     def rel_level(self) -> int:
@@ -73,7 +74,8 @@ class Group:
         first-stage queries are judged, the relevance level (:func:`~unirank.eval.job.eval_header`)."""
         from .job import eval_header
 
-        return eval_header(self.dataset, self.first_stage, self.evals[self.units[0].label])
+        head = eval_header(self.dataset, self.first_stage, self.evals[self.units[0].label])
+        return "\n".join([head, *(f"note: {n}" for n in self.notes)])
 
 
 @dataclass
@@ -360,13 +362,19 @@ def run_experiment(
                 evals = {
                     first.label: evaluate_in(where, qrels, first.run, cfg.metrics, ds.rel_level, skipped)
                 }
-                units = [first]
+                units, notes = [first], []
+                longest = max((len(v) for v in first.run.values()), default=0)
                 for rr in cfg.rerankers:
-                    units += [runner.unit(ds, first, rr, d, hashes) for d in rr.depths or depths]
+                    wanted = rr.depths or depths
+                    real, folded = real_depths(wanted, longest)
+                    if folded:
+                        notes.append(fold_note(rr.name, folded, wanted, longest, fs.name))
+                        logger.warning("dataset %r: %s", ds.name, notes[-1])
+                    units += [runner.unit(ds, first, rr, d, hashes) for d in real]
                 for u in units[1:]:
                     at = f"{where}, system {u.label!r}"
                     evals[u.label] = evaluate_in(at, qrels, u.run, cfg.metrics, ds.rel_level, skipped)
-                groups.append(Group(ds, fs.name, units, evals, skipped_queries=list(skipped)))
+                groups.append(Group(ds, fs.name, units, evals, skipped_queries=list(skipped), notes=notes))
     finally:
         runner.close()
     result = ExperimentResult(cfg, out, groups, runner.computed, runner.reused)

@@ -8,6 +8,9 @@ win / tie / loss.
   (a separation in the spirit of Hagström et al., "Language Model Re-rankers are Fooled by Lexical
   Similarities", FEVER 2025).
 - **Win / tie / loss**: per query, a system against the baseline on the main metric.
+- **Comparisons**: per system and metric, the mean difference to the baseline with its 95 % paired bootstrap
+  interval (queries resampled, seeded), the queries improved / degraded (PyTerrier's ``+`` / ``-``) and each
+  test's corrected p-value; ``direction`` is ``"better"`` / ``"worse"`` when a test is significant.
 
 >>> win_tie_loss({"q1": 0.5, "q2": 0.2, "q3": 0.3}, {"q1": 0.4, "q2": 0.2, "q3": 0.6})
 {'wins': 1, 'ties': 1, 'losses': 1}
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import MissingExtraError
-from .significance import adjust, run_test
+from .significance import adjust, bootstrap_ci, run_test
 
 if TYPE_CHECKING:
     from ._experiment_run import Group, Unit
@@ -192,6 +195,7 @@ def analyse_group(group: Group, cfg: ExperimentConfig) -> dict[str, Any]:
                 row["p_adjusted"] = p_adj
                 row["significant"] = bool(p_adj < cfg.alpha)
             sig.extend(rows)
+    comparisons = _comparisons(pairs, evals, sig, cfg)
     wtl = []
     for u, b in pairs:
         counts = win_tie_loss(
@@ -217,9 +221,46 @@ def analyse_group(group: Group, cfg: ExperimentConfig) -> dict[str, Any]:
         "baseline": cfg.baseline,
         "table": table,
         "significance": sig,
+        "comparisons": comparisons,
         "wtl": wtl,
         "depth_sweep": depth_sweep(units, evals, main),
         "first_stage_value": evals[first.label].aggregate[main],
         "lexical": lexical,
         "separation": seps,
     }
+
+
+def _comparisons(
+    pairs: list[tuple[Unit, Unit]], evals: Mapping[str, Any], sig: list[dict[str, Any]], cfg: ExperimentConfig
+) -> list[dict[str, Any]]:
+    """One row per (system, metric): difference to the baseline, its bootstrap CI, +/- queries, tests."""
+    tests = {(r["system"], r["metric"], r["test"]): r for r in sig}
+    out = []
+    for metric in cfg.metrics:
+        for u, b in pairs:
+            a, base = evals[u.label].per_query[metric], evals[b.label].per_query[metric]
+            low, high = bootstrap_ci(a, base, cfg.resamples, cfg.seed, 0.95)
+            counts = win_tie_loss(a, base, cfg.tie_threshold)
+            diff = float(np.mean([a[q] - base[q] for q in base]))
+            per_test = {t: tests[(u.label, metric, t)] for t in cfg.tests}
+            significant = [t for t, r in per_test.items() if r["significant"]]
+            direction = ("better" if diff > 0 else "worse") if significant and diff != 0 else None
+            out.append(
+                {
+                    "system": u.label,
+                    "baseline": b.label,
+                    "metric": metric,
+                    "mean_diff": diff,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "confidence": 0.95,
+                    "improved": counts["wins"],
+                    "degraded": counts["losses"],
+                    "unchanged": counts["ties"],
+                    "p": {t: r["p_value"] for t, r in per_test.items()},
+                    "p_adjusted": {t: r["p_adjusted"] for t, r in per_test.items()},
+                    "significant_by": significant,
+                    "direction": direction,
+                }
+            )
+    return out

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 __all__ = ["plot_png", "write_report"]
 
 _MARKS = {"t": "†", "randomization": "‡", "bootstrap": "§"}
+_TEST_NAMES = {
+    "t": "paired t-test",
+    "randomization": "paired randomisation test",
+    "bootstrap": "paired bootstrap test",
+}
+_CORRECTIONS = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg", "none": "no"}
+_ARROWS = {"better": "▲", "worse": "▼"}
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px}
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}img{max-width:100%}
@@ -80,23 +87,51 @@ def _table(header: list[str], rows: list[list[Any]], md: bool = False) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _mark(c: dict[str, Any]) -> str:
+    """``▲†‡`` (better, significant by the t and randomisation tests), ``▼§``..., or ``""``."""
+    if not c["direction"]:
+        return ""
+    return _ARROWS[c["direction"]] + "".join(_MARKS[t] for t in c["significant_by"])
+
+
 def _marks(a: dict[str, Any], system: str, metric: str) -> str:
-    return "".join(
-        _MARKS[r["test"]]
-        for r in a["significance"]
-        if r["system"] == system and r["metric"] == metric and r["significant"]
+    return "".join(_mark(c) for c in a["comparisons"] if c["system"] == system and c["metric"] == metric)
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.4f}"
+
+
+def _ci(c: dict[str, Any]) -> str:
+    return f"[{_signed(c['ci_low'])}, {_signed(c['ci_high'])}]"
+
+
+def legend(cfg: Any) -> str:
+    """What the marks, intervals and +/- columns mean (the report's and summary's first paragraph)."""
+    tests = ", ".join(f"{_MARKS[t]} {_TEST_NAMES[t]}" for t in cfg.tests)
+    return (
+        f"▲ / ▼: significantly better / worse than the baseline ({cfg.baseline}) at alpha={cfg.alpha} after "
+        f"{_CORRECTIONS.get(cfg.correction, cfg.correction)} correction (over the systems of a group, per "
+        f"metric and test), by: {tests}. Δ: mean difference to the baseline with its 95 % paired bootstrap "
+        f"confidence interval ({cfg.resamples} resamples of the queries, seed {cfg.seed}). + / −: queries "
+        f"improved / degraded (difference beyond {cfg.tie_threshold:g})."
     )
 
 
 def _main_rows(g: Group, metrics: list[str]) -> list[list[Any]]:
     a = g.analysis
+    main = {c["system"]: c for c in a["comparisons"] if c["metric"] == a["main_metric"]}
     rows = []
     for row in a["table"]:
         vals = [_num(row["metrics"][m]) + _marks(a, row["system"], m) for m in metrics]
+        c = main.get(row["system"])
         rows.append(
             [
                 row["system"],
                 *vals,
+                f"{_signed(c['mean_diff'])} {_ci(c)}" if c else "-",
+                str(c["improved"]) if c else "-",
+                str(c["degraded"]) if c else "-",
                 _num(row["latency_ms_median"], 1),
                 _num(row["latency_ms_p95"], 1),
                 _num(row["candidates_mean"], 1),
@@ -106,20 +141,17 @@ def _main_rows(g: Group, metrics: list[str]) -> list[list[Any]]:
     return rows
 
 
-def _sig_rows(g: Group) -> list[list[Any]]:
-    return [
-        [
-            r["system"],
-            r["baseline"],
-            r["metric"],
-            r["test"],
-            _num(r["mean_diff"]),
-            _num(r["p_value"]),
-            _num(r["p_adjusted"]),
-            "yes" if r["significant"] else "no",
-        ]
-        for r in g.analysis["significance"]
-    ]
+def _sig_table(g: Group, tests: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """One row per (system, metric): Δ, its CI, +/-, each test's p and corrected p, and the mark."""
+    header = ["system", "baseline", "metric", "Δ", "95% CI", "+", "−"]
+    for t in tests:
+        header += [f"p {_MARKS[t]} {t}", f"p {_MARKS[t]} adjusted"]
+    rows = []
+    for c in g.analysis["comparisons"]:
+        ps = [x for t in tests for x in (_num(c["p"][t]), _num(c["p_adjusted"][t]))]
+        row = [c["system"], c["baseline"], c["metric"], _signed(c["mean_diff"]), _ci(c)]
+        rows.append([*row, str(c["improved"]), str(c["degraded"]), *ps, _mark(c) or "not significant"])
+    return [*header, "result"], rows
 
 
 def _lex_rows(g: Group) -> tuple[list[str], list[list[Any]]]:
@@ -215,18 +247,26 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     _write_runs(result)
     metrics = cfg.metrics
-    header = ["system", *metrics, "latency ms (median)", "latency ms (p95)", "candidates", "docs scored"]
-    legend = (
-        f"Significance vs baseline ({cfg.baseline}) at alpha={cfg.alpha} after {cfg.correction} "
-        "correction: " + ", ".join(f"{m} {t}" for t, m in _MARKS.items() if t in cfg.tests) + "."
-    )
+    main = cfg.main_metric
+    header = [
+        "system",
+        *metrics,
+        f"Δ {main} (95% CI)",
+        f"+ {main}",
+        f"− {main}",
+        "latency ms (median)",
+        "latency ms (p95)",
+        "candidates",
+        "docs scored",
+    ]
+    note = legend(cfg)
     h = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg.name)}</title>"
         f"<style>{_CSS}</style></head><body><h1>Experiment: {html.escape(cfg.name)}</h1>",
-        f"<p class='note'>{html.escape(legend)} {len(result.computed)} units computed, "
+        f"<p class='note'>{html.escape(note)} {len(result.computed)} units computed, "
         f"{len(result.reused)} reused from cache.</p>",
     ]
-    md = [f"# Experiment: {cfg.name}", "", legend, ""]
+    md = [f"# Experiment: {cfg.name}", "", note, ""]
     for g in result.groups:
         title = f"{g.dataset.name} / {g.first_stage} ({len(g.dataset.qrels)} queries)"
         lines = g.header().splitlines()  # judged / skipped queries and the relevance level used
@@ -236,7 +276,7 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
             for r in g.analysis["wtl"]
         ]
         wtl_header = ["system", "baseline", "wins", "ties", "losses"]
-        sig_header = ["system", "baseline", "metric", "test", "mean diff", "p", "p adjusted", "significant"]
+        sig_header, sig_rows = _sig_table(g, cfg.tests)
         h += [
             f"<h2>{html.escape(title)}</h2>",
             "<p class='note header'>" + "<br>".join(html.escape(x) for x in lines) + "</p>",
@@ -252,7 +292,7 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
             _table(lex_header, lex_rows),
             _img(_plot_lexical(g), f"lexical {title}") if lex_rows else "<p>(not available)</p>",
             "<h3>Significance</h3>",
-            _table(sig_header, _sig_rows(g)),
+            _table(sig_header, sig_rows),
         ]
         md += [
             f"## {title}",
@@ -268,6 +308,10 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
             "Lexical overlap (" + g.analysis["main_metric"] + " per BM25-separation bucket)",
             "",
             _table(lex_header, lex_rows, md=True),
+            "",
+            "Significance (vs the baseline; marks as in the legend above)",
+            "",
+            _table(sig_header, sig_rows, md=True),
             "",
         ]
         for name, pts in g.analysis["depth_sweep"].items():
@@ -295,6 +339,7 @@ def write_report(result: ExperimentResult) -> tuple[Path, Path]:
                 "judged_queries": len(g.dataset.qrels),
                 "means_over_queries": g.evals[g.units[0].label].num_queries,
                 "skipped_queries": list(g.skipped_queries),
+                "notes": list(g.notes),
                 "analysis": {k: v for k, v in g.analysis.items()},
                 "per_query": {label: ev.per_query for label, ev in g.evals.items()},
                 "latency_s": {u.label: u.latency for u in g.units},

@@ -10,6 +10,8 @@ own implementation on the same numbers.
   ``(count + 1) / (n_resamples + 1)`` estimate.
 - :func:`bootstrap_test`: paired bootstrap test of the mean difference (the bootstrap distribution shifted to
   the null, Efron & Tibshirani 1993, §16.4) with a percentile confidence interval.
+- :func:`bootstrap_ci`: paired bootstrap percentile confidence interval of the mean difference (seeded; the
+  same resamples as :func:`bootstrap_test` with the same seed).
 - :func:`holm` (Holm-Bonferroni, controls the family-wise error) and :func:`benjamini_hochberg` (controls
   the false discovery rate) adjust a family of p-values.
 
@@ -38,6 +40,7 @@ __all__ = [
     "TestResult",
     "adjust",
     "benjamini_hochberg",
+    "bootstrap_ci",
     "bootstrap_test",
     "holm",
     "paired_arrays",
@@ -198,24 +201,49 @@ def bootstrap_test(
     differences (the bootstrap distribution shifted to mean 0 under the null).
     """
     x, y = paired_arrays(a, b)
-    _check_resamples(n_resamples)
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     d = x - y
-    n = len(d)
     obs = float(np.mean(d))
+    means = _bootstrap_means(d, n_resamples, seed)
+    low, high = _percentile_ci(means, confidence)
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(d))))
+    count = int(np.count_nonzero(np.abs(means - obs) >= abs(obs) - tol))
+    p = (count + 1) / (n_resamples + 1)
+    return TestResult("bootstrap", obs, min(1.0, p), obs, len(d), n_resamples, False, low, high)
+
+
+def bootstrap_ci(
+    a: Any, b: Any, n_resamples: int = 10_000, seed: int | None = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Paired bootstrap percentile interval of ``mean(a - b)``: queries resampled with replacement.
+
+    Seeded: the same ``seed`` gives the same interval (and the resamples of :func:`bootstrap_test`).
+
+    >>> low, high = bootstrap_ci([0.5, 0.7, 0.9, 0.6], [0.4, 0.6, 0.5, 0.6], n_resamples=2000)
+    >>> round(low, 3), round(high, 3)
+    (0.025, 0.325)
+    """
+    x, y = paired_arrays(a, b)
+    return _percentile_ci(_bootstrap_means(x - y, n_resamples, seed), confidence)
+
+
+def _bootstrap_means(d: np.ndarray, n_resamples: int, seed: int | None) -> np.ndarray:
+    _check_resamples(n_resamples)
+    n = len(d)
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)
     chunk = max(1, 2**20 // n)
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
         means[start : start + size] = d[rng.integers(0, n, size=(size, n))].mean(axis=1)
-    tol = 1e-12 * max(1.0, float(np.max(np.abs(d))))
-    count = int(np.count_nonzero(np.abs(means - obs) >= abs(obs) - tol))
+    return means
+
+
+def _percentile_ci(means: np.ndarray, confidence: float) -> tuple[float, float]:
+    if isinstance(confidence, bool) or not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     alpha = 1.0 - confidence
     low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
-    p = (count + 1) / (n_resamples + 1)
-    return TestResult("bootstrap", obs, min(1.0, p), obs, n, n_resamples, False, float(low), float(high))
+    return float(low), float(high)
 
 
 def _check_resamples(n_resamples: int) -> None:
