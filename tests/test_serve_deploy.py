@@ -291,3 +291,47 @@ def test_tls_through_uvicorn_options(tmp_path):
         assert r.status_code == 200 and r.json()["results"][0]["index"] == 1
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://{host}:{port}/health", timeout=3)  # plain HTTP is not served
+
+
+def test_unirank_serve_command_json_logs_with_request_id(tmp_path):
+    """The real command: a config file, the key from the environment, JSON logs carrying the request id."""
+    import os
+    import socket
+    import sys
+    import time
+
+    config = "models:\n  - name: lex\n    spec: bm25\n    aliases: [rerank-v3.5]\n"
+    (tmp_path / "serve.yaml").write_text(config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "UNIRANK_API_KEY": "k-env", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "unirank.cli", "serve", "--config", str(tmp_path / "serve.yaml"),
+           "--port", str(port), "--log-format", "json", "--metrics-no-auth"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v2/rerank",
+            json={"model": "rerank-v3.5", "query": "rain", "documents": ["cats", "rain falls"]},
+            headers={"Authorization": "Bearer k-env", "X-Request-ID": "trace-7"},
+        )
+        assert r.status_code == 200 and r.headers["x-request-id"] == "trace-7"
+        assert r.json()["results"][0]["index"] == 1
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        assert "process_cpu_seconds_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert lines and len(lines) == len([x for x in out.splitlines() if x.strip()]), out  # every line is JSON
+    access = [x for x in lines if x["request_id"] == "trace-7"]
+    assert access and access[0]["path"] == "/v2/rerank" and access[0]["status"] == 200
+    assert "k-env" not in out

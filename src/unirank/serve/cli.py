@@ -134,7 +134,7 @@ def build_app(args: argparse.Namespace) -> Any:
     p = serve_plan(args)
     models: dict[str, Any] = {}
     for e in p.models:
-        logger.info("loading %s = %s %s", e.name, e.spec, e.options or "")
+        logger.info("loading %s = %s%s", e.name, e.spec, f" {e.options}" if e.options else "")
         models[e.name] = Reranker(e.spec, **e.options)
     cors = [o.strip() for o in (getattr(args, "cors_origins", None) or "").split(",") if o.strip()]
     config = ServeConfig(

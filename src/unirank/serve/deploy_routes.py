@@ -142,6 +142,8 @@ def add_deploy_routes(
             vecs, n_tokens = await asyncio.wait_for(asyncio.to_thread(work), cfg.request_timeout)
         except asyncio.TimeoutError as exc:
             raise HTTPException(504, f"request timed out after {cfg.request_timeout:g}s") from exc
+        except (ValueError, TypeError) as exc:  # the model refused this input
+            raise HTTPException(422, str(exc)) from exc
         if req.dimensions is not None:
             if req.dimensions > vecs.shape[1]:
                 raise HTTPException(422, f"dimensions={req.dimensions}; this model has {vecs.shape[1]}")
