@@ -100,6 +100,8 @@ def test_v1_models_openai_shape_lists_models_and_aliases(deployed):
     assert all(m["object"] == "model" and isinstance(m["created"], int) for m in body["data"])
     assert ids["rerank-v3.5"]["root"] == "minilm" and ids["lex"]["capabilities"] == ["rerank"]
     assert deployed.get("/v1/models/rerank-english-v3.0").json()["root"] == "minilm"
+    cohere = {m["name"]: m["endpoints"] for m in body["models"]}  # Cohere's client.models.list()
+    assert cohere["rerank-v3.5"] == ["rerank", "embeddings"] and cohere["lex"] == ["rerank"]
     assert deployed.get("/v1/models", headers={"Authorization": ""}).status_code == 401
 
 

@@ -3,7 +3,8 @@
 
 - ``GET /v1/models``: ``{"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
   "root", "aliases", "capabilities", ...}]}``: every served model, then every alias (``root``: the model
-  it reaches). ``GET /v1/models/{id}``: one entry (404 when neither a model nor an alias).
+  it reaches); also ``models: [{name, endpoints}]``, the shape of Cohere's ``GET /v1/models``.
+  ``GET /v1/models/{id}``: one entry (404 when neither a model nor an alias).
 - ``GET /info/{model}``: the model's class, spec, options, score kind, window, device, aliases.
 - ``POST /v1/embeddings``: OpenAI's body (``input``: a string or a list of strings, ``model``,
   ``encoding_format``: ``float`` or ``base64``) when the model is an embedding model (``embed:...``);
@@ -95,9 +96,10 @@ def add_deploy_routes(
 
     @app.get("/v1/models", dependencies=auth)
     async def list_models() -> dict[str, Any]:
-        """OpenAI model list: the served models, then their aliases."""
+        """OpenAI model list: the served models, then their aliases (``models``: the same, Cohere's shape)."""
         data = [entry(n, n) for n in rankers] + [entry(a, t) for a, t in cfg.aliases.items()]
-        return {"object": "list", "data": data}
+        cohere = [{"name": m["id"], "endpoints": m["capabilities"]} for m in data]
+        return {"object": "list", "data": data, "models": cohere}
 
     @app.get("/v1/models/{model_id:path}", dependencies=auth)
     async def get_model(model_id: str) -> dict[str, Any]:
