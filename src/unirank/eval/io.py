@@ -249,7 +249,8 @@ def read_corpus(path: PathArg) -> dict[str, Document]:
 class Dataset:
     """An evaluation set: corpus, queries, graded qrels and first-stage runs to re-rank.
 
-    ``runs`` maps a run name to a path (loaded on first use by :meth:`get_run`) or a loaded run.
+    ``runs`` maps a run name to a path or a loader (a callable; either is loaded on first use by
+    :meth:`get_run`), or a loaded run.
     ``rel_level`` is the minimum grade counted relevant by binary metrics (2 for TREC DL, 1 otherwise).
     """
 
@@ -275,8 +276,8 @@ class Dataset:
                     "(or pass the path of a TREC run file)"
                 )
         value = self.runs[key]
-        if not isinstance(value, dict):
-            value = self.runs[key] = read_trec_run(value)
+        if not isinstance(value, dict):  # a path, or a loader (a callable returning the run)
+            value = self.runs[key] = value() if callable(value) else read_trec_run(value)
         return value
 
     def __repr__(self) -> str:
