@@ -153,6 +153,11 @@ def test_openai_embeddings(deployed):
     for bad in ({"input": [[1, 2, 3]]}, {"input": []}, {"input": "x", "dimensions": 4096}, {}):
         assert deployed.post("/v1/embeddings", json=bad).status_code == 422, bad
     assert deployed.post("/v1/embeddings", json={"input": "x", "model": "nope"}).status_code == 404
+    assert deployed.post("/v1/embeddings", json={"input": ["x"] * 1001}).status_code == 413
+    surrogate = b'{"input": ["\\ud800"]}'
+    assert deployed.post("/v1/embeddings", content=surrogate).status_code == 422
+    with pytest.raises(ValueError, match="no served model"):
+        build_app_from({"a": "bm25"}, ServeConfig(aliases={"x": "b"}))
 
 
 def test_docs_page_is_self_contained_and_renders_the_openapi_json(deployed):

@@ -91,6 +91,9 @@ def create_app(models: Mapping[str, Ranker | str] | Ranker | str, config: ServeC
     rankers = load_models(models)
     default = cfg.default_model or next(iter(rankers))
     default = cfg.aliases.get(default, default)
+    lost = {a: t for a, t in cfg.aliases.items() if t not in rankers or a in rankers}
+    if lost:
+        raise ValueError(f"aliases {lost} point at no served model or shadow one; served: {sorted(rankers)}")
     if default not in rankers:
         raise ValueError(f"default model {default!r} is not one of {sorted(rankers)}")
     metrics = Metrics()
