@@ -143,3 +143,21 @@ def test_missing_framework_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyterrier", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'unirank\[pyterrier\]'"):
         ptm._build()
+
+
+def test_readme_framework_snippet_runs(capsys):
+    """The README's "Framework components" block runs as written (all four frameworks)."""
+    for module in ("langchain_core", "llama_index.core", "haystack"):
+        pytest.importorskip(module)
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Framework components\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("Clouds bring rain.") and printed[1].endswith(
+        "Rain forms when vapour condenses."
+    )
+    assert printed[2].endswith("Clouds bring rain.")  # bm25 in LlamaIndex
+    assert "reranked" in printed[-1] and [float(x) for x in printed[-1].split()[-2:]] == [1.0, 1.0]
