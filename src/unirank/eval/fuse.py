@@ -177,7 +177,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     fused = fuse_runs(runs, method, k=args.k, norm=norm, weights=weights, top_k=args.top_k)
     write_trec_run(fused, args.out, tag=args.tag or f"fusion-{method}")
     n_docs = sum(len(v) for v in fused.values())
-    sys.stdout.write(f"fused {len(runs)} runs ({method}, norm {norm}): {len(fused)} queries, {n_docs} rows\n")
+    how = f"k {args.k:g}" if method == "rrf" else f"norm {norm}"  # RRF uses ranks only
+    sys.stdout.write(f"fused {len(runs)} runs ({method}, {how}): {len(fused)} queries, {n_docs} rows\n")
     sys.stdout.write(f"written to {os.fspath(args.out)}\n")
     return 0
 
