@@ -22,12 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..base import Ranker
 from .docs_page import CSP, docs_html
 from .limits import ServeConfig
+from .prepare import render_json
 
 __all__ = ["EmbeddingRequest", "add_deploy_routes", "is_embedding_model"]
 
@@ -113,7 +114,7 @@ def add_deploy_routes(
         return _model_info(name, rankers[name], cfg.model_details.get(name, {}), aliases_of[name])
 
     @app.post("/v1/embeddings", dependencies=auth)
-    async def embeddings(req: EmbeddingRequest) -> JSONResponse:
+    async def embeddings(req: EmbeddingRequest) -> Response:
         """OpenAI embeddings from a served embedding model (``embed:...``)."""
         name = resolve(req.model)
         ranker = rankers[name]
@@ -130,7 +131,7 @@ def add_deploy_routes(
         if len(texts) > cfg.max_documents:
             raise HTTPException(413, f"{len(texts)} inputs; this server accepts at most {cfg.max_documents}")
 
-        def work() -> tuple[np.ndarray, int]:
+        def work() -> bytes:  # the model, the token count and the JSON body: all off the event loop
             prompt = getattr(ranker, "document_prompt", "") or ""
             vecs = ranker.encode(texts, prompt=prompt)  # type: ignore[attr-defined]
             ids = ranker.tokenizer(  # type: ignore[attr-defined]
@@ -138,32 +139,32 @@ def add_deploy_routes(
                 truncation=True,
                 max_length=ranker.max_length,  # type: ignore[attr-defined]
             )["input_ids"]
-            return vecs, sum(len(i) for i in ids)
+            n_tokens = sum(len(i) for i in ids)
+            if req.dimensions is not None:
+                if req.dimensions > vecs.shape[1]:
+                    raise ValueError(f"dimensions={req.dimensions}; this model has {vecs.shape[1]}")
+                vecs = vecs[:, : req.dimensions]
+                vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            vecs = np.nan_to_num(vecs.astype("<f4"))
+            b64 = req.encoding_format == "base64"
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(v.tobytes()).decode() if b64 else v.tolist(),
+                }
+                for i, v in enumerate(vecs)
+            ]
+            usage = {"prompt_tokens": n_tokens, "total_tokens": n_tokens}
+            return render_json({"object": "list", "data": data, "model": req.model or name, "usage": usage})
 
         try:
-            vecs, n_tokens = await asyncio.wait_for(asyncio.to_thread(work), cfg.request_timeout)
+            body = await asyncio.wait_for(asyncio.to_thread(work), cfg.request_timeout)
         except asyncio.TimeoutError as exc:
             raise HTTPException(504, f"request timed out after {cfg.request_timeout:g}s") from exc
         except (ValueError, TypeError) as exc:  # the model refused this input
             raise HTTPException(422, str(exc)) from exc
-        if req.dimensions is not None:
-            if req.dimensions > vecs.shape[1]:
-                raise HTTPException(422, f"dimensions={req.dimensions}; this model has {vecs.shape[1]}")
-            vecs = vecs[:, : req.dimensions]
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        vecs = np.nan_to_num(vecs.astype(np.float32))
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
-                if req.encoding_format == "base64"
-                else v.tolist(),
-            }
-            for i, v in enumerate(vecs)
-        ]
-        usage = {"prompt_tokens": n_tokens, "total_tokens": n_tokens}
-        return JSONResponse({"object": "list", "data": data, "model": req.model or name, "usage": usage})
+        return Response(body, media_type="application/json")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
