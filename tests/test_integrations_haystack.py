@@ -65,6 +65,8 @@ def test_pipeline_order_equals_reranker(spec, query, oracles):
     assert [d.id for d in got] == [candidates[i].id for i in want.indices]
     assert [d.score for d in got] == pytest.approx(want.scores, rel=1e-5)
     assert [d.meta["pos"] for d in got] == [candidates[i].meta["pos"] for i in want.indices]
+    async_out = asyncio.run(pipe.run_async({"retriever": {"query": query}, "ranker": {"query": query}}))
+    assert [(d.id, d.score) for d in async_out["ranker"]["documents"]] == [(d.id, d.score) for d in got]
 
 
 def test_yaml_round_trip_gives_the_same_ranking(oracles):

@@ -62,6 +62,8 @@ def test_query_engine_order_equals_reranker(spec, query, oracles, posts, monkeyp
     want = oracles[spec].rank(query, TEXTS)
     assert [n.node.node_id for n in got] == [f"n{i}" for i in want.indices]
     assert [n.score for n in got] == pytest.approx(want.scores, rel=1e-5)
+    async_got = asyncio.run(engine.aquery(query)).source_nodes
+    assert [(n.node.node_id, n.score) for n in async_got] == [(n.node.node_id, n.score) for n in got]
 
 
 @pytest.mark.parametrize("spec", SPECS)
