@@ -133,6 +133,10 @@ def test_bad_input_is_a_typed_error(first_stage):
     mixed.loc[mixed.index[0], "query"] = "another query"
     with pytest.raises(ValueError, match="more than one query"):
         UnirankTransformer("bm25")(mixed)
+    holes = first_stage.copy()
+    holes.loc[holes.index[1], "text"] = None
+    with pytest.raises(ValueError, match="have no 'text'"):
+        UnirankTransformer("bm25")(holes)
     with pytest.raises(TypeError, match="spec string or a unirank Ranker"):
         UnirankTransformer(7)
     with pytest.raises(SpecError):

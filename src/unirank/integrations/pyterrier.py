@@ -72,6 +72,10 @@ def _build() -> type:
                 if g["query"].nunique() != 1:
                     raise ValueError(f"qid {g['qid'].iloc[0]!r} has more than one query text in the frame")
                 queries.append(str(g["query"].iloc[0]))
+            missing = inp[self.text_field].isna()
+            if missing.any():
+                docnos = inp.loc[missing, "docno"].astype(str).tolist()[:5]
+                raise ValueError(f"{int(missing.sum())} rows have no {self.text_field!r} (docno {docnos}...)")
             texts = [[str(t) for t in g[self.text_field].tolist()] for g in groups]
             ranked = self.ranker.rank_many(queries, texts, normalize=self.normalize)
             parts = []
