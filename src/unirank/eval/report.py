@@ -109,8 +109,9 @@ def _ci(c: dict[str, Any]) -> str:
 def legend(cfg: Any) -> str:
     """What the marks, intervals and +/- columns mean (the report's and summary's first paragraph)."""
     tests = ", ".join(f"{_MARKS[t]} {_TEST_NAMES[t]}" for t in cfg.tests)
+    base = "the first stage" if cfg.baseline == "first-stage" else cfg.baseline
     return (
-        f"▲ / ▼: significantly better / worse than the baseline ({cfg.baseline}) at alpha={cfg.alpha} after "
+        f"▲ / ▼: significantly better / worse than the baseline ({base}) at alpha={cfg.alpha} after "
         f"{_CORRECTIONS.get(cfg.correction, cfg.correction)} correction (over the systems of a group, per "
         f"metric and test), by: {tests}. Δ: mean difference to the baseline with its 95 % paired bootstrap "
         f"confidence interval ({cfg.resamples} resamples of the queries, seed {cfg.seed}). + / −: queries "
