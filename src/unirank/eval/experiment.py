@@ -40,8 +40,13 @@ depth) unit is cached as ``<cache>/<dataset>.<first stage>.<re-ranker>@<depth>.<
 atomically, with ``key`` hashing the re-ranker spec and options, the depth, the query texts, the candidate
 lists with their document texts, and the unirank version: a re-run computes only the units whose inputs
 changed, and an interrupted experiment resumes where it stopped. A BM25 first stage is cached the same way.
-Each unit is timed cold (a ranker's embedding cache is emptied first); latency is per query with
-``batch_queries: 1``, else a batch's time split over its queries in proportion to their candidates.
+A depth beyond a first stage's longest candidate list re-ranks what that length does: it is folded into it
+(run once as ``<re-ranker>@<length>``, or not at all when that depth is already asked for), and the group's
+header notes it. The report marks each score ▲ / ▼ when a test finds it significantly better / worse than
+the baseline, and shows each system's difference to the baseline with a 95 % paired bootstrap interval and
+the queries it improved / degraded. Each unit is timed cold (a ranker's embedding cache is emptied
+first); latency is per query with ``batch_queries: 1``, else a batch's time split over its queries in
+proportion to their candidates.
 
 >>> cfg = load_config({"datasets": ["trec-dl-2019"], "rerankers": ["bm25"], "depths": [10]})
 >>> cfg.rerankers[0].spec, cfg.depths
