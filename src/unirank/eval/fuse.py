@@ -142,6 +142,11 @@ def tune_weights(
     """The weights (a :func:`grid_weights` point) whose fusion scores best on ``qrels``, and that score.
 
     Only the queries judged in ``qrels`` (the dev split) are fused while tuning.
+
+    >>> a = {"q": [("d1", 3.0), ("d2", 2.0), ("d3", 0.0)]}
+    >>> b = {"q": [("d3", 4.0), ("d2", 3.0), ("d1", 0.0)]}  # d2 is second in both: only equal weights lift it
+    >>> tune_weights([a, b], {"q": {"d2": 1}}, "combsum", metric="RR@10", step=0.25)
+    ((0.5, 0.5), 1.0)
     """
     method, norm = _canonical(method, norm)
     qids, per_run = _prepared(runs)
