@@ -30,10 +30,10 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..aio import run_sync
 from ..errors import UniRankError, require
 from .http import RETRY_STATUS, backoff_delay, check_base_url, served_models
 from .usage import Usage
@@ -85,16 +85,6 @@ class Completion:
     token_logprobs: list[float | None] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
     text_offset: list[int] = field(default_factory=list)
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code, also when called inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 class OpenAICompatEngine:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..aio import run_sync
 from ..base import Capabilities, Ranker
 from ..types import DocLike, Document, RankedResults, ScoreKind
 
@@ -200,18 +201,6 @@ def rank_window_batch(
     return [check_permutation([int(x) for x in p], len(w)) for p, w in zip(got, windows)]
 
 
-def _run_coroutine(coro: Any) -> Any:
-    """Run a coroutine from sync code (in a worker thread when an event loop is already running here)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 def check_int(name: str, value: Any, lo: int, hi: int | None = None, *, allow_none: bool = False) -> Any:
     """Validate an integer option (``lo <= value <= hi``); ``ValueError`` naming the option otherwise.
 
@@ -338,7 +327,7 @@ class WindowStrategy(Ranker):
         w = self.window_ranker
         if getattr(w, "native_async", False) and not callable(getattr(w, "rank_windows", None)):
             # an HTTP window ranker: overlap each round's windows (all queries) as arank does
-            return _run_coroutine(self._ascore_many(queries, docs_lists, show_progress))  # type: ignore[no-any-return]
+            return run_sync(self._ascore_many(queries, docs_lists, show_progress))  # type: ignore[no-any-return]
         runs = self._start(docs_lists)
         while any(r.order is None for r in runs):
             need = [(r, q, d, r.calls()) for r, q, d in zip(runs, queries, docs_lists) if r.order is None]
