@@ -342,3 +342,27 @@ def test_unirank_serve_command_json_logs_with_request_id(tmp_path):
     access = [x for x in lines if x["request_id"] == "trace-7"]
     assert access and access[0]["path"] == "/v2/rerank" and access[0]["status"] == 200
     assert "k-env" not in out
+
+
+def test_the_official_cohere_sdk_reaches_a_served_model_by_alias():
+    """The real `cohere` SDK (v1 client with no model, v2 client with Cohere's model name `rerank-v3.5`)
+    against `unirank serve` on loopback: the alias maps the SDK's name to a served model, results parse into
+    the SDK's typed objects, and the scores equal the served model's own."""
+    cohere = pytest.importorskip("cohere")
+    from unirank import Reranker
+    from unirank.serve.app import create_app
+
+    app = create_app({"lex": "bm25"}, ServeConfig(api_keys=("k",), aliases={"rerank-v3.5": "lex"}))
+    want = Reranker("bm25").rank("what causes rain", DOCS, normalize="auto")  # what Cohere routes return
+    with loopback(app) as (host, port):
+        url = f"http://{host}:{port}"
+        v2 = cohere.ClientV2(api_key="k", base_url=url, timeout=20)
+        got = v2.rerank(model="rerank-v3.5", query="what causes rain", documents=DOCS, top_n=2)
+        assert [r.index for r in got.results] == want.indices[:2]
+        np.testing.assert_allclose([r.relevance_score for r in got.results], want.scores[:2], rtol=1e-6)
+        v1 = cohere.Client(api_key="k", base_url=url, timeout=20)
+        old = v1.rerank(query="what causes rain", documents=DOCS, top_n=2)  # no model: the default one
+        assert [r.index for r in old.results] == want.indices[:2]
+        with pytest.raises(cohere.core.api_error.ApiError) as bad:
+            v2.rerank(model="rerank-english-v2.0", query="q", documents=DOCS)
+        assert bad.value.status_code == 404
