@@ -14,9 +14,10 @@ by a decode round trip. Without a tokenizer, whitespace words stand in for token
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["safe_prefix", "split_token_passages", "split_words", "truncate_tokens"]
+__all__ = ["safe_prefix", "split_token_passages", "split_words", "truncate_tokens", "whitespace_slices"]
 
 _WS = re.compile(r"\S+")
 
@@ -176,3 +177,21 @@ def split_token_passages(
     if not words:
         return [text]
     return [text[words[a][0] : words[b - 1][1]] for a, b in _pack(words, size, overlap, max_passages)]
+
+
+_SPACE = re.compile(r"\s")
+
+
+def whitespace_slices(text: str, size: int = 1 << 18) -> Iterator[str]:
+    """``text`` in pieces of about ``size`` characters, each cut after whitespace (words stay whole), so that
+    no single C call over a multi-megabyte document holds the GIL for long (a server's event loop shares it).
+
+    >>> list(whitespace_slices("one two three", size=2))
+    ['one ', 'two ', 'three']
+    """
+    start = 0
+    while start < len(text):
+        space = _SPACE.search(text, start + size)
+        end = space.end() if space else len(text)
+        yield text[start:end]
+        start = end

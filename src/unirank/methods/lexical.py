@@ -30,6 +30,7 @@ import numpy as np
 from ..base import Capabilities, Ranker
 from ..errors import SpecError, require
 from ..normalize import PlattCalibrator
+from ..text import whitespace_slices
 from ..types import DocLike, Document, RankedResults, Result, ScoreKind, check_query, to_documents
 from . import _bm25_fields as _bf
 
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 _ALIASES = {"bm25plus": "bm25+", "bm25p": "bm25+", "bm25-plus": "bm25+"}
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn / bm25s token pattern
-_SPACE_RE = re.compile(r"\s")
 _META_FILE = "unirank_bm25.json"
 _FORMAT_VERSION = 1  # flat: bm25s files in the folder itself
 _MULTI_FORMAT_VERSION = 2  # multi: one bm25s sub-folder per field, the documents saved with the first
@@ -67,21 +67,10 @@ class _Analyzer:
 
     def __call__(self, text: str) -> list[str]:
         words: list[str] = []
-        for piece in _slices(text):
+        for piece in whitespace_slices(text):
             found = [w for w in _TOKEN_RE.findall(piece.lower()) if w not in self._stop]
             words.extend(self._stem(found) if self._stem is not None and found else found)
         return words
-
-
-def _slices(text: str, size: int = 1 << 18) -> Iterable[str]:
-    """``text`` in pieces cut after whitespace (tokens stay whole), so that no single C call over a
-    multi-megabyte document holds the GIL for long (a server's event loop shares it)."""
-    start = 0
-    while start < len(text):
-        space = _SPACE_RE.search(text, start + size)
-        end = space.end() if space else len(text)
-        yield text[start:end]
-        start = end
 
 
 def _counts(words: list[str], step: int = 1 << 16) -> Counter[str]:

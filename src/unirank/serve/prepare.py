@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..text import whitespace_slices
+
 __all__ = [
     "SLICE",
     "cohere_texts",
@@ -29,26 +31,15 @@ __all__ = [
 SLICE = 1 << 18  # characters per step over a long text (~1-3 ms of C work each)
 
 _WORD = re.compile(r"\S+")
-_SPACE = re.compile(r"\s")
 # A JSON \uD800-\uDFFF escape; a valid pair matches too, so this is only a cheap pre-filter.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-def _slices(text: str) -> Any:
-    """``text`` in pieces of about :data:`SLICE` characters, each cut after whitespace (words stay whole)."""
-    start = 0
-    while start < len(text):
-        space = _SPACE.search(text, start + SLICE)
-        end = space.end() if space else len(text)
-        yield text[start:end]
-        start = end
 
 
 def first_words(text: str, n: int) -> str:
     """The first ``n`` whitespace-separated words of ``text``, joined by single spaces."""
     parts: list[str] = []  # each slice's words joined on their own: no single join over a million words
     left = n
-    for piece in _slices(text):
+    for piece in whitespace_slices(text, SLICE):
         words = _WORD.findall(piece)[:left]
         if words:
             parts.append(" ".join(words))
@@ -60,7 +51,7 @@ def first_words(text: str, n: int) -> str:
 
 def word_count(text: str) -> int:
     """Whitespace-separated words in ``text`` (the ``usage`` figure of the Jina body)."""
-    return sum(len(piece.split()) for piece in _slices(text))
+    return sum(len(piece.split()) for piece in whitespace_slices(text, SLICE))
 
 
 def cohere_texts(
