@@ -9,6 +9,8 @@ What is built:
 
 - ``trec-dl-2019/``: the 43 judged queries, the complete official qrels, the BM25 top-100 run, and a corpus
   that holds only the passages of that run.
+- ``trec-dl-2020/``: the same for DL 2020: the 54 judged queries, the complete qrels, the BM25 top-100 run
+  and its passages (checked to share no query id or text with DL 2019).
 - ``scifact/``: the full corpus (5,183 abstracts), the 300 test queries only, and the test qrels.
 """
 
@@ -57,8 +59,11 @@ def _qrels_queries(path: Path) -> set[str]:
     return {row.split("\t")[0] for row in rows if row.strip()}
 
 
-def bundle_dl19(src: Path, dst: Path) -> dict[str, object]:
-    out = dst / "trec-dl-2019"
+def _bundle_trec_dl(
+    src: Path, dst: Path, name: str, n_queries_expected: int, n_qrels_expected: int, template: str
+) -> dict[str, object]:
+    """Queries, complete qrels and the BM25 top-100 run copied unchanged; the corpus cut to that run."""
+    out = dst / name
     (out / "qrels").mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     run_src = src / "runs" / "bm25.top100.trec"
@@ -73,8 +78,9 @@ def bundle_dl19(src: Path, dst: Path) -> dict[str, object]:
     _write_gz_lines(kept, out / "corpus.jsonl.gz")
     n_queries = sum(1 for line in (out / "queries.jsonl").read_bytes().splitlines() if line.strip())
     n_qrels = len((out / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()) - 1
-    _check(n_queries == 43, f"expected 43 queries, got {n_queries}")
-    _check(n_qrels == 9260, f"expected 9,260 qrels lines, got {n_qrels}")
+    _check(n_queries == n_queries_expected, f"expected {n_queries_expected} queries, got {n_queries}")
+    _check(n_qrels == n_qrels_expected, f"expected {n_qrels_expected:,} qrels lines, got {n_qrels}")
+    _check(_qrels_queries(out / "qrels" / "test.tsv") == _query_ids(out), "qrels and queries differ")
     facts = {
         "docs": len(kept),
         "docs_source": len(all_lines),
@@ -82,7 +88,29 @@ def bundle_dl19(src: Path, dst: Path) -> dict[str, object]:
         "qrels": n_qrels,
         "run_lines": sum(1 for _ in run_src.open(encoding="utf-8")),
     }
-    (out / "SOURCE.md").write_text(DL19_SOURCE.format(**facts, **_hashes(src, out)), encoding="utf-8")
+    (out / "SOURCE.md").write_text(template.format(**facts, **_hashes(src, out)), encoding="utf-8")
+    return facts
+
+
+def _query_ids(folder: Path) -> set[str]:
+    return {_jsonl_id(line) for line in (folder / "queries.jsonl").read_bytes().splitlines() if line.strip()}
+
+
+def _query_texts(folder: Path) -> set[str]:
+    lines = (folder / "queries.jsonl").read_bytes().splitlines()
+    return {" ".join(str(json.loads(line)["text"]).lower().split()) for line in lines if line.strip()}
+
+
+def bundle_dl19(src: Path, dst: Path) -> dict[str, object]:
+    return _bundle_trec_dl(src, dst, "trec-dl-2019", 43, 9260, DL19_SOURCE)
+
+
+def bundle_dl20(src: Path, dst: Path) -> dict[str, object]:
+    facts = _bundle_trec_dl(src, dst, "trec-dl-2020", 54, 11386, DL20_SOURCE)
+    dl19, dl20 = dst / "trec-dl-2019", dst / "trec-dl-2020"
+    if dl19.is_dir():  # one can train on one year and test on the other only if they share no query
+        _check(not (_query_ids(dl19) & _query_ids(dl20)), "DL19 and DL20 share query ids")
+        _check(not (_query_texts(dl19) & _query_texts(dl20)), "DL19 and DL20 share query texts")
     return facts
 
 
@@ -152,6 +180,52 @@ same terms.
 {manifest}
 """
 
+
+DL20_SOURCE = """\
+# trec-dl-2020 (TREC Deep Learning 2020, passage task) — bundled subset
+
+Built by `scripts/bundle_data.py` from the `{src}` folder of the project's shared evaluation data (whose own
+SOURCE.md traces every file to its public origin; summarised below), exactly as `trec-dl-2019` is built.
+
+## What is here, and what was subset
+- `queries.jsonl` — the {queries} judged DL20 queries (`_id` = TREC qid; the DL20 topic file has 200, only the
+  judged ones are kept), unchanged.
+- `qrels/test.tsv` — the **complete** official DL20 passage qrels ({qrels:,} judgments, grades 0–3),
+  unchanged. Kept complete on purpose: nDCG@10 then equals the published numbers (BM25: 0.4796).
+- `runs/bm25.top100.trec` — Pyserini BM25 (k1=0.9, b=0.4) top-100 on MS MARCO v1 passages, TREC run format,
+  unchanged ({run_lines:,} lines). This is the re-ranking input.
+- `corpus.jsonl.gz` — **subset**: only the {docs:,} passages that appear in the BM25 top-100 run (the
+  shared copy has {docs_source:,}: the union of five first-stage runs). Lines are copied byte for byte
+  (`_id`, `title` = "", `text`). Judged passages outside this run are absent, which is harmless: they are
+  never candidates, and the qrels keep them.
+
+For binary metrics (RR, AP, R@k, P@k) TREC DL counts grade >= 2 as relevant (`Dataset.rel_level = 2`).
+## Verified
+- By `scripts/bundle_data.py` at build time: {queries} queries, {qrels:,} qrels lines over the same {queries}
+  queries, every one of the {docs:,} distinct passages of the run present in the corpus, and no query id or
+  query text (case and whitespace folded) shared with `trec-dl-2019`, so one can train on one year and
+  evaluate on the other.
+- By `tests/test_train_bundled_dl20.py`: BM25 nDCG@10 = 0.4796 (the published figure) through
+  `unirank eval --dataset trec-dl-2020 --run bm25 --reranker none`, with pytrec_eval as the oracle.
+
+## Origin
+- Passages and the BM25 run: castorini/rank_llm, `retrieve_results/BM25/retrieve_results_dl20.json`
+  (commit 381a6f0e71b58baf73bd2165f611e016b9bece02), whitespace-normalised.
+- Queries: castorini/anserini-tools `topics/topics.dl20.txt`; qrels: castorini/anserini-tools
+  `qrels/qrels.dl20-passage.txt` (commit 43add835e20bd66b48f9a640be9bad95a4762d82).
+
+## Licence
+MS MARCO passage v1 (Microsoft) is available for **non-commercial research purposes only**, under its terms
+of use; TREC 2020 Deep Learning Track judgments are from NIST. The BM25 run was produced by Castorini with
+Pyserini; rank_llm is Apache-2.0. This subset is shipped for evaluation, tests and demos; it carries the
+same terms.
+
+## Files
+| file | bytes | sha256 |
+|---|---|---|
+{manifest}
+"""
+
 SCIFACT_SOURCE = """\
 # scifact (BEIR SciFact, test split)
 
@@ -192,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dl19 = bundle_dl19(args.src / "trec-dl-2019-passage", args.dst)
     logger.info("trec-dl-2019: %s", dl19)
+    dl20 = bundle_dl20(args.src / "trec-dl-2020-passage", args.dst)
+    logger.info("trec-dl-2020: %s", dl20)
     scifact = bundle_scifact(args.src / "scifact", args.dst)
     logger.info("scifact: %s", scifact)
     return 0

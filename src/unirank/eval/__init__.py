@@ -4,7 +4,7 @@ Nothing heavy is imported here: ``ir_measures`` is imported when a metric is com
 
 >>> from unirank.eval import available_datasets, format_table
 >>> available_datasets()
-['scifact', 'trec-dl-2019']
+['scifact', 'trec-dl-2019', 'trec-dl-2020']
 """
 
 from __future__ import annotations

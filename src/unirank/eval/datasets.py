@@ -4,6 +4,8 @@ Bundled (see each folder's ``SOURCE.md`` for origin and licence):
 
 - ``"trec-dl-2019"``: TREC DL 2019 passage, 43 queries, complete graded qrels, BM25 top-100 run, and the 4,297
   passages of that run. Binary metrics count grade >= 2 as relevant.
+- ``"trec-dl-2020"``: TREC DL 2020 passage, built the same way: 54 queries, complete graded qrels, BM25
+  top-100 run and its 5,396 passages; no query in common with DL 2019. Grade >= 2 is relevant.
 - ``"scifact"``: BEIR SciFact test split, 300 queries, 5,183 abstracts, binary qrels.
 
 Any ``ir_datasets`` id works as ``"irds:<id>"`` (``"irds:msmarco-passage/trec-dl-2019/judged"``), through
@@ -34,6 +36,9 @@ _BUNDLED: dict[str, _Bundled] = {
     "trec-dl-2019": _Bundled(
         "trec-dl-2019", 2, ("dl19", "trec-dl-2019-passage", "msmarco-passage/trec-dl-2019")
     ),
+    "trec-dl-2020": _Bundled(
+        "trec-dl-2020", 2, ("dl20", "trec-dl-2020-passage", "msmarco-passage/trec-dl-2020")
+    ),
     "scifact": _Bundled("scifact", 1, ("beir/scifact", "beir-scifact")),
 }
 
@@ -42,7 +47,7 @@ def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset` (besides a folder path).
 
     >>> available_datasets()
-    ['scifact', 'trec-dl-2019']
+    ['scifact', 'trec-dl-2019', 'trec-dl-2020']
     """
     return sorted(_BUNDLED)
 
@@ -70,12 +75,14 @@ def load_dataset(
     the split is part of the id), or a BEIR-style folder by path.
 
     ``rel_level`` (the minimum grade counted relevant by binary metrics) defaults to the dataset's convention:
-    2 for the bundled TREC DL set and TREC DL ir_datasets ids, 1 for SciFact and other ids; for a folder, the
+    2 for the bundled TREC DL sets and TREC DL ir_datasets ids, 1 for SciFact and other ids; for a folder, the
     ``rel_level`` of its ``unirank.json`` (``{"rel_level": 2}``), else 1.
 
     >>> ds = load_dataset("trec-dl-2019")
     >>> len(ds.queries), ds.rel_level, sorted(ds.runs)
     (43, 2, ['bm25.top100'])
+    >>> len(load_dataset("dl20").queries)
+    54
     """
     if isinstance(name_or_path, str) and name_or_path.strip().lower().startswith("irds:"):
         from .irds import load_irds
