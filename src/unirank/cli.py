@@ -1,4 +1,4 @@
-"""The ``unirank`` command line: ``rank``, ``eval``, ``fuse``, ``models``.
+"""The ``unirank`` command line: ``rank``, ``eval``, ``fuse``, ``models``, ``train``.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     unirank eval --dataset path/to/trec-dl-folder --run my.trec --reranker none --rel-level 2   # score a run
     unirank fuse bm25.trec dense.trec --method rrf --out fused.trec
     unirank models ce:my/model ./local-folder
+    unirank train examples/train_cross_encoder.yaml --out models/my-ce --set optimizer.lr=2e-5
 """
 
 from __future__ import annotations
@@ -184,6 +185,17 @@ def _default_metrics() -> Sequence[str]:
     return EVAL_TABLE_METRICS
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    res = train(
+        args.config, args.out, overwrite=args.overwrite, show_progress=not args.quiet, overrides=args.set
+    )
+    best = f", best {res.metric} {res.best_metric:.4f} at step {res.best_step}" if res.metric else ""
+    _out(f"trained {res.steps} steps in {res.wall_s:.1f} s{best}; model saved at {res.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unirank", description="Re-rank search results with any method.")
     p.add_argument("--version", action="version", version=f"unirank {__version__}")
@@ -232,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="ranker option, repeatable")
     e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("train", help="fine-tune a cross-encoder from a YAML config (docs/training.md)")
+    t.add_argument("config", help="YAML training config")
+    t.add_argument("--out", required=True, help="output folder (model, checkpoints); an existing one resumes")
+    t.add_argument("--overwrite", action="store_true", help="discard the checkpoints already in --out")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("models", help="list methods, or show what specs resolve to")
     m.add_argument("specs", nargs="*")
