@@ -13,6 +13,7 @@ scores only its survivors), and the share of queries whose top-10 set is the ref
 
 The default model is the packaged all-MiniLM-L6-v2 encoder with a seeded random 1-logit head (a
 speed stand-in for a MiniLM-L6 cross-encoder); the default inputs are TREC DL 2019 queries x BM25 top-100.
+``--device cuda|cpu|auto`` runs instead the per-model-size side-by-side of :mod:`unirank._bench_gpu`.
 """
 
 from __future__ import annotations
@@ -358,19 +359,26 @@ def add_subparser(sub: Any) -> None:
     """Register ``unirank bench`` on an ``argparse`` subparsers object."""
     p = sub.add_parser("bench", help="time unirank's engines against peer libraries on the same inputs")
     p.add_argument("--model", default=None, help="cross-encoder folder (default: MiniLM-L6 + random head)")
-    p.add_argument("--queries", type=int, default=10, help="TREC DL 2019 queries (max 43)")
+    p.add_argument("--queries", type=int, default=None, help="queries (default 10; with --device: all)")
     p.add_argument("--depth", type=int, default=100, help="BM25 candidates per query")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     p.add_argument("--peaks", action="store_true", help="also measure fp32 / int8 matmul peaks")
+    from ._bench_gpu import add_device_arguments  # --device: unirank vs sentence-transformers per model size
+
+    add_device_arguments(p)
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
+    if args.device:
+        from ._bench_gpu import device_cli
+
+        return device_cli(args)
     rows = run_bench(
         args.model,
-        args.queries,
+        args.queries or 10,
         args.depth,
         args.repeats,
         [x for x in args.paths.split(",") if x],

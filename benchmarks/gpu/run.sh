@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU side of issue 16 in one command, on the device machine, from the repository root:
+#   1. env.txt: versions, GPU, and which of unirank's cross-encoder imports this Python has;
+#   2. ../shared/bench/gpu_side_by_side.py (carried in .gpu-carry/ by benchmarks/gpu/prepare.py) -> gpu.jsonl;
+#   3. unirank bench --device cuda -> unirank-bench.jsonl (rows as measured) and unirank-bench.md (tables);
+#   4. summary.md: both, as tables (also printed).
+# Every step writes as it goes, and each runs under its own time limit, so a cut still leaves figures in $OUT.
+#
+# Knobs (environment): BUDGET_S (540: whole run), SHARED_S (240: step 2's share), SHARED_SIZES, SIZES, QUERIES
+# (empty: all 97 DL19+DL20 queries), REPEATS (3), DEVICE (cuda), PYTHON (python3), CARRY (.gpu-carry).
+# SMALL=1: a CPU dry run with tiny models (the shared script's own SMALL=1, and --sizes tiny for unirank).
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+CARRY=${CARRY:-.gpu-carry}
+PY=${PYTHON:-python3}  # the device image's python3 holds torch, transformers, sentence-transformers
+BUDGET_S=${BUDGET_S:-540}
+SHARED_S=${SHARED_S:-240}
+SHARED_SIZES=${SHARED_SIZES:-minilm-l6-h384,bert-base,bert-large}
+if [ "${SMALL:-0}" = 1 ]; then
+  SIZES=${SIZES:-tiny}; QUERIES=${QUERIES:-2}; DEPTH=${DEPTH:-10}; REPEATS=${REPEATS:-1}; DEVICE=${DEVICE:-cpu}
+  PARITY=${PARITY:-1}
+fi
+SIZES=${SIZES:-minilm-l6,bert-base,bert-large}
+QUERIES=${QUERIES:-}
+DEPTH=${DEPTH:-100}
+REPEATS=${REPEATS:-3}
+DEVICE=${DEVICE:-cuda}
+PARITY=${PARITY:-8}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+start=$SECONDS
+[ -f "$CARRY/gpu_side_by_side.py" ] || { echo "no $CARRY/: run python benchmarks/gpu/prepare.py here first"; exit 2; }
+
+"$PY" - > "$OUT/env.txt" 2>&1 <<'EOF'
+import importlib, os, platform, sys
+print("python", platform.python_version(), "cpus", os.cpu_count())
+for m in ("torch", "transformers", "sentence_transformers", "numpy", "tokenizers", "safetensors",
+          "huggingface_hub", "tqdm", "scipy"):
+    try:
+        print(m, getattr(importlib.import_module(m), "__version__", "?"))
+    except Exception as e:
+        print(m, "MISSING", repr(e)[:200])
+import torch
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+import unirank.methods.cross_encoder, unirank.methods.embedding, unirank.eval.datasets
+print("unirank CE/embedding imports: ok; datasets", unirank.eval.datasets.available_datasets())
+EOF
+cat "$OUT/env.txt"
+
+timeout -k 10 "$SHARED_S" "$PY" "$CARRY/gpu_side_by_side.py" --data "$CARRY/data" --tokenizer "$CARRY/tokenizer" \
+  --sizes "$SHARED_SIZES" > "$OUT/gpu_side_by_side.log" 2>&1
+echo "gpu_side_by_side.py: exit $? after $((SECONDS - start)) s"
+
+left=$((BUDGET_S - (SECONDS - start)))
+[ "$left" -gt 30 ] || left=30
+timeout -k 10 "$left" "$PY" -m unirank.cli -v bench --device "$DEVICE" --sizes "$SIZES" ${QUERIES:+--queries "$QUERIES"} \
+  --depth "$DEPTH" --repeats "$REPEATS" --parity-queries "$PARITY" --tokenizer "$CARRY/tokenizer" \
+  --out "$OUT/unirank-bench.jsonl" > "$OUT/unirank-bench.md" 2> "$OUT/unirank-bench.log"
+echo "unirank bench: exit $? after $((SECONDS - start)) s"
+
+"$PY" benchmarks/gpu/summarize.py "$OUT" | tee "$OUT/summary.md"
+tail -n 5 "$OUT/gpu_side_by_side.log" "$OUT/unirank-bench.log" | grep -i -B2 "error\|traceback" || true
