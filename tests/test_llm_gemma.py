@@ -72,3 +72,42 @@ def test_every_server_method_on_gemma(gemma_engine, gemma_server):
         "llm-listwise:openai:gemma", base_url=url, endpoint="chat", window_size=3, max_doc_tokens=40
     )
     assert sorted(asyncio.run(gen.arank(Q, DOCS)).indices) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("mode", "max_doc_tokens"), [("yesno", 12), ("graded", 12)])
+def test_pointwise_server_prompt_is_the_local_prompt_on_gemma(
+    gemma_engine, gemma_server, mode, max_doc_tokens
+):
+    """Gemma's SentencePiece tokenizer on the server path (tokenizer=): the server is sent the local prompt
+    token for token; graded labels ("0".."3" are "▁", "0" in Gemma) move the space into the prompt on both
+    paths."""
+    seen: list[list[int]] = []
+    real = gemma_engine.next_token_logprobs
+
+    def spy(prompts, token_ids=None):
+        seen.extend(list(p) for p in prompts)
+        return real(prompts, token_ids)
+
+    opts = dict(mode=mode, max_doc_tokens=max_doc_tokens)
+    gemma_engine.next_token_logprobs = spy
+    try:
+        want = Reranker("llm-pointwise", engine=gemma_engine, **opts).score(Q, DOCS)
+    finally:
+        del gemma_engine.next_token_logprobs
+    before = len(gemma_server.requests)
+    remote = Reranker(
+        "llm-pointwise:openai:gemma",
+        base_url=gemma_server.base_url,
+        tokenizer=gemma_engine.tokenizer,
+        top_logprobs=50,
+        **opts,
+    )
+    got = remote.score(Q, DOCS)
+    sent = [r["payload"]["prompt"] for r in gemma_server.requests[before:]]
+    # requests arrive concurrently, in any order; DOCS[0] is cut to 12 tokens on both paths
+    assert sorted(gemma_engine.encode(s) for s in sent) == sorted(seen)
+    assert len(seen[0]) < len(gemma_engine.encode(remote.prompt.render(Q, DOCS[0])))
+    if mode == "yesno":
+        np.testing.assert_allclose(got, want, atol=2e-3)
+    else:  # labels outside the top 50 get the smallest listed value: an upper bound, same order here
+        assert np.isfinite(got).all()

@@ -13,7 +13,7 @@ import pytest
 
 from _llm_fixtures import _serve, tiny_causal_lm, tiny_engine, tiny_server  # noqa: F401
 from unirank import Reranker
-from unirank.backends.openai_compat import EndpointError
+from unirank.backends.openai_compat import EndpointError, ServerError
 from unirank.methods.llm_listwise import FirstWindow
 from unirank.methods.llm_server import MIN_LABEL_MASS
 from unirank.types import Document
@@ -152,3 +152,56 @@ def test_estimate_before_a_run_matches_the_run(tiny_causal_lm, tiny_server, opts
     assert est["prompt_tokens"] == pytest.approx(r.usage.prompt_tokens, rel=0.05)
     p = Reranker("llm-pointwise:test-model", base_url=tiny_server.base_url).estimate(num_queries=3, depth=10)
     assert p["calls"] == 30 and p["completion_tokens"] == 30
+
+
+def _local_prompts(engine, monkeypatch):
+    """Record the token ids the local engine is asked to score (the local path's prompts)."""
+    seen: list[list[int]] = []
+    real = engine.next_token_logprobs
+
+    def spy(prompts, token_ids=None):
+        seen.extend(list(p) for p in prompts)
+        return real(prompts, token_ids)
+
+    monkeypatch.setattr(engine, "next_token_logprobs", spy)
+    return seen
+
+
+@pytest.mark.parametrize(("mode", "max_doc_tokens"), [("yesno", None), ("graded", 9)])
+def test_pointwise_local_and_server_prompts_are_identical(
+    tiny_causal_lm, tiny_engine, tiny_server, monkeypatch, mode, max_doc_tokens
+):
+    """Pointwise over /completions with tokenizer=: the documents are fitted in tokens exactly as the local
+    engine fits them (here: a 700-word document cut to the tokenizer's 512-token context, or max_doc_tokens),
+    so the server is sent the local prompt token for token."""
+    docs = ["photosynthesis " * 350 + "chlorophyll " * 350, "rain falls"]  # words != tokens
+    opts = dict(mode=mode, max_doc_tokens=max_doc_tokens, top_logprobs=ALL)
+    local = Reranker("llm-pointwise", engine=tiny_engine, **opts)
+    seen = _local_prompts(tiny_engine, monkeypatch)
+    want = local.score(Q, docs)
+    prompts = list(seen)
+    empty = len(tiny_engine.encode(local.prompt.render(Q, "")))
+    assert len(prompts) == 2 and len(prompts[0]) == (max_doc_tokens + empty if max_doc_tokens else 512)
+    remote = Reranker(
+        "llm-pointwise:test-model", base_url=tiny_server.base_url, tokenizer=tiny_causal_lm, **opts
+    )
+    assert remote.engine.max_length == tiny_engine.max_length == 512  # the tokenizer's own limit
+    np.testing.assert_allclose(remote.score(Q, docs), want, atol=1e-3)
+    sent = sorted((r["payload"]["prompt"] for r in tiny_server.requests), key=len, reverse=True)
+    assert [tiny_engine.encode(s) for s in sent] == prompts
+    bare = Reranker("llm-pointwise:test-model", base_url=tiny_server.base_url, max_retries=0, **opts)
+    if max_doc_tokens is None:  # no tokenizer: 300 *words*, over the server's context
+        with pytest.raises(ServerError, match="over the model's context limit of 512"):
+            bare.score(Q, docs[:1])
+
+
+def test_pointwise_server_with_a_tokenizer_but_unknown_context_cuts_by_max_doc_tokens(
+    tiny_causal_lm, tiny_server
+):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm, model_max_length=int(1e30))  # "no limit"
+    r = Reranker("llm-pointwise:test-model", base_url=tiny_server.base_url, tokenizer=tok, max_doc_tokens=5)
+    assert r.engine.max_length is None
+    r.score(Q, ["alpha beta gamma delta epsilon zeta eta theta"])
+    assert "alpha beta gamma delta epsilon\n" in tiny_server.requests[-1]["payload"]["prompt"]

@@ -352,16 +352,22 @@ def render_listwise(
 
 
 def messages_to_text(
-    messages: list[dict[str, str]], tokenizer: Any = None, assistant_prefix: str = ""
+    messages: list[dict[str, str]],
+    tokenizer: Any = None,
+    assistant_prefix: str = "",
+    template_kwargs: dict[str, Any] | None = None,
 ) -> str:
     """One prompt string: the tokenizer's chat template when it has one, else a plain transcript (base models
-    such as Gemma 3 270M have no template). ``assistant_prefix`` starts the answer (``"["`` for FIRST).
+    such as Gemma 3 270M have no template). ``assistant_prefix`` starts the answer (``"["`` for FIRST);
+    ``template_kwargs`` are extra template variables (``{"enable_thinking": False}``; a transcript has none).
 
     >>> messages_to_text([{"role": "user", "content": "hi"}], assistant_prefix="[")
     'User: hi\\n\\nAssistant: ['
     """
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+        )
         bos = getattr(tokenizer, "bos_token", None)
         if bos and text.startswith(bos):  # the tokenizer adds BOS itself
             text = text[len(bos) :]

@@ -15,7 +15,11 @@ on (timeout, cancelled task) has its connection closed before any retry is sent,
 ``usage`` (:class:`~unirank.backends.usage.Usage`) sums the ``usage`` of every answer; ``log_path=`` appends
 one JSON line per request (``request``, ``response``, ``seconds``) for analysis. ``tokenizer=`` (a folder or
 hub id of the served model's tokenizer, or a tokenizer object) lets the LLM rankers render the model's own
-chat template and budget documents in tokens client-side, exactly as the local engine does.
+chat template and budget documents in tokens client-side, exactly as the local engine does (``max_length=``:
+the served context in tokens, default the tokenizer's own limit). Reasoning switches, sent only where they
+mean something: ``enable_thinking`` (``chat_template_kwargs: {"enable_thinking": ...}`` on chat requests, the
+vLLM / SGLang convention; passed to the client-side chat template of ``/completions`` prompts) and
+``reasoning_effort`` (OpenAI-style, chat requests only).
 
 >>> e = OpenAICompatEngine("my-model", base_url="http://127.0.0.1:8000/v1")
 >>> e.base_url
@@ -30,11 +34,11 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..aio import run_sync
 from ..errors import UniRankError, require
+from .completion import Completion, load_tokenizer, read_content_logprobs
 from .http import RETRY_STATUS, backoff_delay, check_base_url, served_models
 from .usage import Usage
 
@@ -72,21 +76,6 @@ class EndpointError(ServerError):
     first token's log-probabilities); the message names the endpoint to use instead."""
 
 
-@dataclass
-class Completion:
-    """One choice: its text, and token log-probabilities when requested.
-
-    ``top_logprobs[i]`` maps candidate token strings to log-probabilities at generated position ``i``;
-    ``tokens`` / ``token_logprobs`` / ``text_offset`` cover the echoed prompt too when ``echo=True``.
-    """
-
-    text: str
-    tokens: list[str] = field(default_factory=list)
-    token_logprobs: list[float | None] = field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = field(default_factory=list)
-    text_offset: list[int] = field(default_factory=list)
-
-
 class OpenAICompatEngine:
     """An OpenAI-compatible chat / completions endpoint.
 
@@ -102,6 +91,8 @@ class OpenAICompatEngine:
         tokenizer: the served model's tokenizer (folder, hub id or object) for client-side chat templates
             and token budgets; ``None``: prompts are plain transcripts and budgets count words.
         log_path: append one JSON line per request (request, response, seconds) to this file.
+        max_length: the served model's context in tokens (default: the tokenizer's limit, if it has one).
+        enable_thinking, reasoning_effort: reasoning switches (see the module docstring); ``None``: not sent.
     """
 
     def __init__(
@@ -120,6 +111,9 @@ class OpenAICompatEngine:
         check_model: bool = True,
         tokenizer: Any = None,
         log_path: str | os.PathLike[str] | None = None,
+        max_length: int | None = None,
+        enable_thinking: bool | None = None,
+        reasoning_effort: str | None = None,
     ) -> None:
         if not model:
             raise ValueError("an OpenAI-compatible engine needs a model name")
@@ -136,7 +130,15 @@ class OpenAICompatEngine:
         self._models_read = False
         self.usage = Usage()
         self.log_path = os.fspath(log_path) if log_path is not None else None
-        self.tokenizer = _load_tokenizer(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer)
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        known = isinstance(limit, int) and 0 < limit < 10**7  # transformers' "no limit" is ~1e30
+        self.max_length: int | None = max_length or (limit if known else None)
+        if enable_thinking is not None and not isinstance(enable_thinking, bool):
+            raise ValueError(f"enable_thinking must be True, False or None, got {enable_thinking!r}")
+        if reasoning_effort is not None and (not isinstance(reasoning_effort, str) or not reasoning_effort):
+            raise ValueError(f"reasoning_effort must be a string such as 'low', got {reasoning_effort!r}")
+        self.enable_thinking, self.reasoning_effort = enable_thinking, reasoning_effort
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         if key:
@@ -154,6 +156,25 @@ class OpenAICompatEngine:
 
     def __repr__(self) -> str:
         return f"OpenAICompatEngine({self.model!r}, base_url={self.base_url!r})"
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text`` with the served model's tokenizer (``tokenizer=``), as the server counts."""
+        if self.tokenizer is None:
+            raise ServerConfigError(f"{self!r} has no tokenizer: pass tokenizer= to count tokens client-side")
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def chat_extras(self) -> dict[str, Any]:
+        """The reasoning switches a chat request carries (none when unset)."""
+        out: dict[str, Any] = {}
+        if self.enable_thinking is not None:
+            out["chat_template_kwargs"] = {"enable_thinking": self.enable_thinking}
+        if self.reasoning_effort is not None:
+            out["reasoning_effort"] = self.reasoning_effort
+        return out
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """Extra variables for a client-side chat template (``enable_thinking`` when set)."""
+        return {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
 
     # -- HTTP ---------------------------------------------------------------------------------------------
     def _semaphore(self) -> asyncio.Semaphore:
@@ -283,6 +304,7 @@ class OpenAICompatEngine:
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": 0.0,
+            **self.chat_extras(),
         }
         if prefill:
             payload["messages"] = [*messages, {"role": "assistant", "content": prefill}]
@@ -302,8 +324,8 @@ class OpenAICompatEngine:
                 else ""
             )
             raise ServerError(f"chat response without text content{hint}: {str(choice)[:200]}")
-        out = Completion(text)
-        _read_content_logprobs(out, (choice.get("logprobs") or {}).get("content") or [])
+        out = Completion(text, reasoning=str(msg.get("reasoning_content") or msg.get("reasoning") or ""))
+        read_content_logprobs(out, (choice.get("logprobs") or {}).get("content") or [])
         return out
 
     async def acomplete(
@@ -341,7 +363,7 @@ class OpenAICompatEngine:
             text_offset=[int(x) for x in lp.get("text_offset") or []],
         )
         if not out.tokens and isinstance(lp.get("content"), list):  # llama.cpp: the chat shape here too
-            _read_content_logprobs(out, lp["content"])
+            read_content_logprobs(out, lp["content"])
         return out
 
     def chat(self, messages: list[dict[str, str]], **kwargs: Any) -> Completion:
@@ -351,22 +373,3 @@ class OpenAICompatEngine:
     def complete(self, prompt: str, **kwargs: Any) -> Completion:
         """Sync :meth:`acomplete`."""
         return run_sync(self.acomplete(prompt, **kwargs))  # type: ignore[no-any-return]
-
-
-def _read_content_logprobs(out: Completion, content: list[Any]) -> None:
-    """Append the chat-shaped ``logprobs.content`` entries (one per generated token) to ``out``."""
-    for item in content:
-        out.tokens.append(str(item.get("token", "")))
-        out.token_logprobs.append(item.get("logprob"))
-        out.top_logprobs.append(
-            {str(t["token"]): float(t["logprob"]) for t in item.get("top_logprobs") or []}
-        )
-
-
-def _load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object from a folder / hub id (loaded with transformers), or the object as given."""
-    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
-        return tokenizer
-    from . import hf
-
-    return hf.load_tokenizer(hf.local_model_dir(tokenizer))

@@ -30,7 +30,7 @@ from ..prompts import ListwisePrompt, get_prompt, identifiers, messages_to_text,
 from ..types import Document, ScoreKind
 from .llm_cost import LLMCostMixin
 from .llm_pointwise import build_engine, is_local
-from .llm_server import label_mass, record_mass
+from .llm_server import label_mass, record_mass, server_text, trace_warning
 
 __all__ = [
     "FirstWindow",
@@ -233,11 +233,15 @@ class GenerationWindow(_Window):
         n_new = self._new_tokens(len(docs))
         self.stats["calls"] += 1
         if self.endpoint == "chat":
-            text = (await self.engine.achat(msgs, max_tokens=n_new)).text
+            got = await self.engine.achat(msgs, max_tokens=n_new)
+            text = got.text
+            trace_warning(self.engine, got.reasoning or ("</think>" in text))
         else:
-            prompt = messages_to_text(msgs, getattr(self.engine, "tokenizer", None), self.assistant_prefix)
-            got = await self.engine.acomplete(prompt, max_tokens=n_new, stop=self.stop)
+            got = await self.engine.acomplete(
+                server_text(self.engine, msgs, self.assistant_prefix), max_tokens=n_new, stop=self.stop
+            )
             text = self.assistant_prefix + got.text
+            trace_warning(self.engine, "</think>" in text)
         text = strip_reasoning(text)
         return self._count(parse_permutation(text, len(docs), self.style), text)
 

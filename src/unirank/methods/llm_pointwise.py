@@ -50,12 +50,13 @@ from ..types import Document, ScoreKind
 from .llm_cost import LLMCostMixin
 from .llm_server import label_mass, pointwise_mass, record_mass
 
-__all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "has_label", "label_logprob"]
+__all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "fit_text", "has_label", "label_logprob"]
 
 logger = logging.getLogger(__name__)
 
 _SERVER_OPTIONS = ("base_url", "api_key", "timeout", "max_retries", "backoff", "max_backoff", "concurrency")
-_SERVER_OPTIONS += ("headers", "transport", "check_model", "tokenizer", "log_path")
+_SERVER_OPTIONS += ("headers", "transport", "check_model", "tokenizer", "log_path", "max_length")
+_SERVER_OPTIONS += ("enable_thinking", "reasoning_effort")
 _LOCAL_OPTIONS = ("gguf_file", "device", "dtype", "max_length", "batch_size", "max_tokens_per_batch")
 _LOCAL_OPTIONS += ("trust_remote_code", "allow_pickle", "revision", "cache_converted", "attn_implementation")
 _LOCAL_OPTIONS += ("padding_side",)
@@ -89,12 +90,19 @@ def is_local(engine: Any) -> bool:
 def fit_document(engine: Any, render: Any, doc: str, reserve: int = 0, what: str = "prompt") -> list[int]:
     """Token ids of ``render(doc)``, the document cut (token-accurately) so the prompt plus ``reserve`` tokens
     fit the context. Raises ``ValueError`` naming the limit when not even an empty document fits."""
+    return fit_text(engine, render, doc, reserve, what)[1]
+
+
+def fit_text(
+    engine: Any, render: Any, doc: str, reserve: int = 0, what: str = "prompt"
+) -> tuple[str, list[int]]:
+    """:func:`fit_document` that also returns the document text kept (a server is sent ``render(text)``)."""
     from ..text import truncate_tokens
 
     limit = engine.max_length - reserve
     ids = engine.encode(render(doc))
     if len(ids) <= limit:
-        return ids  # type: ignore[no-any-return]
+        return doc, ids
     overhead = len(engine.encode(render("")))
     budget = limit - overhead
     for _ in range(4):
@@ -103,9 +111,10 @@ def fit_document(engine: Any, render: Any, doc: str, reserve: int = 0, what: str
                 f"the context limit of {engine.max_length} tokens is too small for this {what}: it needs "
                 f"{overhead + reserve} tokens before any document text"
             )
-        ids = engine.encode(render(truncate_tokens(engine.tokenizer, doc, budget)))
+        kept = truncate_tokens(engine.tokenizer, doc, budget)
+        ids = engine.encode(render(kept))
         if len(ids) <= limit:
-            return ids  # type: ignore[no-any-return]
+            return kept, ids
         budget -= len(ids) - limit
     raise ValueError(f"could not fit the document into {limit} tokens")
 
@@ -156,6 +165,7 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
         endpoint: str = "completions",
         top_logprobs: int = 20,
         max_doc_words: int = 300,
+        max_doc_tokens: int | None = None,
         long_docs: str = "truncate",
         passage_tokens: int | None = None,
         passage_overlap: int = 32,
@@ -188,7 +198,9 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
         if options:
             raise TypeError(f"unknown option(s) for llm-pointwise: {sorted(options)}")
         self.mode, self.endpoint, self.top_logprobs = mode, endpoint, top_logprobs
-        self.max_doc_words = max_doc_words
+        if max_doc_tokens is not None and (isinstance(max_doc_tokens, bool) or max_doc_tokens < 1):
+            raise ValueError(f"max_doc_tokens must be an integer >= 1 or None, got {max_doc_tokens!r}")
+        self.max_doc_words, self.max_doc_tokens = max_doc_words, max_doc_tokens
         default = {"yesno": "yesno", "graded": "graded", "likelihood": "query-likelihood"}[mode]
         default = "rank1" if reasoning and mode == "yesno" else default
         over: dict[str, Any] = {"labels": tuple(labels)} if labels is not None else {}
@@ -212,7 +224,9 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
         logit = mode == "yesno" and self.score_by == "yes-no"
         self.score_kind = ScoreKind.LOGIT if logit else ScoreKind.UNBOUNDED
         self._suffix, self._label_ids = "", []
-        if mode != "likelihood" and is_local(self.engine):
+        #: the server path renders the local path's exact prompt: the engine has a tokenizer (tokenizer=)
+        self.same_prompt = is_local(self.engine) or getattr(self.engine, "tokenizer", None) is not None
+        if mode != "likelihood" and self.same_prompt:
             self._suffix, self._label_ids = self._local_labels()
         #: with ``reasoning=True``: its ``stats`` (trace lengths, calls) and ``traces`` (``keep_traces=True``)
         self.reasoner = PointwiseReasoner(self, **think) if reasoning else None
@@ -225,7 +239,7 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
         encs = [self.engine.encode(pre + w, special=False) for w in self.prompt.labels]
         tok = self.engine.tokenizer
         if pre and all(len(e) > 1 and not tok.decode(e[:1]).strip() for e in encs):
-            return pre, [self.engine.token_id(w) for w in self.prompt.labels]
+            return pre, [self.engine.encode(w, special=False)[0] for w in self.prompt.labels]
         ids = [e[0] for e in encs]
         if len(set(ids)) < len(ids):
             raise ValueError(f"labels {self.prompt.labels} do not start with distinct tokens")
@@ -259,8 +273,26 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
         return p @ self._values()
 
     def _cut(self, text: str) -> str:
+        """The document as the prompt holds it before the context fit: ``max_doc_tokens`` tokens where the
+        engine has a tokenizer, else ``max_doc_words`` whitespace words (a server without ``tokenizer=``)."""
+        from ..text import truncate_tokens
+
+        if self.same_prompt:
+            return (
+                text
+                if self.max_doc_tokens is None
+                else truncate_tokens(self.engine.tokenizer, text, self.max_doc_tokens)
+            )
         words = text.split()
         return " ".join(words[: self.max_doc_words]) if len(words) > self.max_doc_words else text
+
+    def fit(self, render: Any, text: str, reserve: int = 0) -> tuple[str, list[int]]:
+        """The document text a prompt holds and the prompt's token ids (``[]`` on a server whose context is
+        unknown): :meth:`_cut`, then cut further until ``render(doc)`` plus ``reserve`` fits the context."""
+        doc = self._cut(text)
+        if not self.same_prompt or getattr(self.engine, "max_length", None) is None:
+            return doc, []
+        return fit_text(self.engine, render, doc, reserve)
 
     # -- local --------------------------------------------------------------------------------------------
     def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
@@ -274,16 +306,14 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
             prompts, conts = [], []
             for q, t in zip(queries, texts):
                 cont = self.engine.encode(self.prompt.continuation.format(query=q), special=False)
-                prompts.append(
-                    fit_document(self.engine, lambda d: self.prompt.template.format(document=d), t, len(cont))
-                )
+                prompts.append(self.fit(lambda d: self.prompt.template.format(document=d), t, len(cont))[1])
                 conts.append(cont)
             return np.array([float(np.mean(x)) for x in self.engine.continuation_logprobs(prompts, conts)])
         if self.prompt.pieces:
             prompts = [self._piece_ids(q, t) for q, t in zip(queries, texts)]
         else:
             prompts = [
-                fit_document(self.engine, lambda d, q=q: self.prompt.render(q, d) + self._suffix, t)
+                self.fit(lambda d, q=q: self.prompt.render(q, d) + self._suffix, t)[1]
                 for q, t in zip(queries, texts)
             ]
         if self.score_by == "yes":
@@ -297,10 +327,12 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
     async def _aone(self, query: str, text: str) -> np.ndarray:
         if self.reasoner is not None:
             return await self.reasoner.aone(query, text)
-        e, doc = self.engine, self._cut(text)
+        e = self.engine
         if self.mode == "likelihood":
-            prompt = self.prompt.template.format(document=doc)
             cont = self.prompt.continuation.format(query=query)
+            reserve = len(e.encode(cont, special=False)) if self.same_prompt else 0
+            doc = self.fit(lambda d: self.prompt.template.format(document=d), text, reserve)[0]
+            prompt = self.prompt.template.format(document=doc)
             got = await e.acomplete(prompt + cont, max_tokens=0, echo=True, logprobs=0)
             vals = [
                 lp
@@ -308,16 +340,19 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
                 if off >= len(prompt) and lp is not None
             ]
             return np.array([np.mean(vals) if vals else np.nan])
+        doc = self.fit(lambda d: self.prompt.render(query, d) + self._suffix, text)[0]
         prompt = self.prompt.render(query, doc)
         if self.endpoint == "chat":
             got = await e.achat(
                 [{"role": "user", "content": prompt}], max_tokens=1, top_logprobs=self.top_logprobs
             )
         else:
-            got = await e.acomplete(prompt, max_tokens=1, logprobs=self.top_logprobs)
+            got = await e.acomplete(prompt + self._suffix, max_tokens=1, logprobs=self.top_logprobs)
         top = got.top_logprobs[0] if got.top_logprobs else {}
-        record_mass(self.stats, pointwise_mass(top, self.prompt.labels, self.prompt.label_prefix), self.name)
-        if not any(has_label(top, w, self.prompt.label_prefix) for w in self.prompt.labels):
+        # a /completions prompt ends with the suffix, which then holds the label's space
+        pre = "" if self._suffix and self.endpoint != "chat" else self.prompt.label_prefix
+        record_mass(self.stats, pointwise_mass(top, self.prompt.labels, pre), self.name)
+        if not any(has_label(top, w, pre) for w in self.prompt.labels):
             # no log-probabilities, or none for any label (a reasoning model's first token is "<think>"):
             # the smallest-listed fallback would give every document the same score
             logger.warning(
@@ -328,7 +363,7 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
                 sorted(top, key=lambda t: -top[t])[:5] if top else "none",
             )
             return np.array([np.nan])
-        lp = np.array([[label_logprob(top, w, self.prompt.label_prefix) for w in self.prompt.labels]])
+        lp = np.array([[label_logprob(top, w, pre) for w in self.prompt.labels]])
         if not np.isfinite(lp).all():
             return np.array([np.nan])
         return self._finish_labels(lp)

@@ -33,7 +33,16 @@ import numpy as np
 from ..prompts import identifiers, messages_to_text
 from ..types import Document
 
-__all__ = ["MIN_LABEL_MASS", "doc_texts", "first_logprobs", "label_mass", "record_mass", "server_text"]
+__all__ = [
+    "MIN_LABEL_MASS",
+    "doc_texts",
+    "first_logprobs",
+    "label_mass",
+    "record_mass",
+    "server_text",
+    "template_kwargs",
+    "trace_warning",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,13 @@ MIN_LABEL_MASS = 0.5
 
 def server_text(engine: Any, messages: list[dict[str, str]], prefix: str = "") -> str:
     """The ``/completions`` prompt: the engine tokenizer's chat template if it has one, else a transcript."""
-    return messages_to_text(messages, getattr(engine, "tokenizer", None), prefix)
+    return messages_to_text(messages, getattr(engine, "tokenizer", None), prefix, template_kwargs(engine))
+
+
+def template_kwargs(engine: Any) -> dict[str, Any]:
+    """The engine's extra chat-template variables (a server engine's ``enable_thinking``), else none."""
+    get = getattr(engine, "template_kwargs", None)
+    return get() if callable(get) else {}
 
 
 def doc_texts(engine: Any, docs: list[Document], budget: int) -> list[str]:
@@ -141,3 +156,16 @@ def pointwise_mass(top: dict[str, float], labels: tuple[str, ...], prefix: str =
     from .llm_pointwise import has_label, label_logprob
 
     return label_mass([label_logprob(top, w, prefix) for w in labels if has_label(top, w, prefix)])
+
+
+def trace_warning(engine: Any, trace: Any) -> None:
+    """Warn once per engine when a server sent a reasoning trace although ``enable_thinking=False`` asked
+    for none (it ignored the switch; the answer is still read after the trace)."""
+    if trace and getattr(engine, "enable_thinking", None) is False and not getattr(engine, "_ignored", False):
+        engine._ignored = True
+        logger.warning(
+            "%s sent a reasoning trace although enable_thinking=False was requested (over chat the server "
+            "or its template ignored chat_template_kwargs; over /completions the switch reaches only a "
+            "client-side chat template, tokenizer=); the answer is read after the trace",
+            getattr(engine, "base_url", engine),
+        )

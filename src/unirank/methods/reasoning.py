@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from ..prompts import identifiers, messages_to_text
+from ..prompts import identifiers
 from ..types import Document
 from .llm_listwise import GenerationWindow, parse_permutation
 from .llm_pointwise import has_label, is_local, label_logprob
+from .llm_server import server_text, trace_warning
 
 __all__ = [
     "REASONING_OPTIONS",
@@ -117,6 +118,7 @@ class _Traces:
             self.stats.setdefault(key, 0)
 
     def _record(self, query: str, trace: str, engine: Any, forced: bool, answer: str | None) -> None:
+        trace_warning(engine, trace)
         self.stats["reasoning_calls"] += 1
         self.stats["reasoning_chars"] += len(trace)
         tok = getattr(engine, "tokenizer", None)
@@ -136,6 +138,7 @@ async def _raw_chat(
 ) -> dict[str, Any]:
     """One chat answer's message and logprobs, reasoning field included (``achat`` drops it)."""
     payload = {"model": engine.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
+    payload.update(engine.chat_extras())  # enable_thinking / reasoning_effort where set
     choice = (await engine.post("chat/completions", {**payload, **extra}))["choices"][0]
     msg = choice.get("message") or {}
     return {
@@ -211,7 +214,7 @@ class ReasoningWindow(_Traces, GenerationWindow):
         if self.endpoint == "chat":
             got = await _raw_chat(self.engine, msgs, budget)
             return self._finish(query, len(docs), split_reasoning(got["content"], got["reasoning"]), False)
-        prompt = messages_to_text(msgs, getattr(self.engine, "tokenizer", None), self.think_prefix)
+        prompt = server_text(self.engine, msgs, self.think_prefix)
         out = (await self.engine.acomplete(prompt, max_tokens=budget)).text
         split, forced = _closed(self.think_prefix + out), False
         if split.answer is None:
@@ -265,12 +268,10 @@ class PointwiseReasoner(_Traces):
 
     # -- local --------------------------------------------------------------------------------------------
     def score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
-        from .llm_pointwise import fit_document
-
         r, e = self.ranker, self.engine
         budget = self.max_reasoning_tokens
         prompts = [
-            fit_document(e, lambda d, q=q: r.prompt.render(q, d) + self.think_prefix, t, budget + 4)
+            r.fit(lambda d, q=q: r.prompt.render(q, d) + self.think_prefix, t, budget + 4)[1]
             for q, t in zip(queries, texts)
         ]
         outs = e.generate(prompts, budget, stop=[CLOSE])
@@ -286,8 +287,9 @@ class PointwiseReasoner(_Traces):
     # -- server -------------------------------------------------------------------------------------------
     async def aone(self, query: str, text: str) -> np.ndarray:
         r, e = self.ranker, self.engine
-        prompt = r.prompt.render(query, r._cut(text)) + self.think_prefix
         k, budget = r.top_logprobs, self.max_reasoning_tokens + 2
+        render = lambda d: r.prompt.render(query, d) + self.think_prefix  # noqa: E731
+        prompt = render(r.fit(render, text, self.max_reasoning_tokens + 4)[0])  # as the local path
         self.stats["calls"] += 1
         if r.endpoint == "chat":
             got = await _raw_chat(
