@@ -13,7 +13,7 @@ import pytest
 
 from _llm_fixtures import make_tiny_causal, tiny_causal_lm, tiny_engine  # noqa: F401
 from unirank import Reranker
-from unirank.backends.causal_batch import collate_ids
+from unirank.backends.causal_batch import collate_ids, prefix_groups
 from unirank.backends.causal_lm import CausalLM
 from unirank.methods.llm_listwise import FirstWindow
 from unirank.types import Document
@@ -177,3 +177,42 @@ def test_first_batches_uneven_queries_and_window_sizes(tiny_causal_lm):
         assert [x.indices for x in many] == [x.indices for x in one]
         results[side] = [x.indices for x in many]
     assert results["left"] == results["right"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_shared_prefix_kv_reuse_equals_full_prompts(make_tiny_causal, arch):
+    """``share_prefix=True``: prompts sharing a prefix run it once and continue from its expanded KV cache
+    (padding between the prefix and each row's own tokens); the scores equal the full prompts' to 1e-4."""
+    folder = make_tiny_causal(arch)
+    plain = CausalLM(folder, batch_size=4)
+    shared = CausalLM(folder, batch_size=4, share_prefix=True)
+    rng = random.Random(3)
+    head_a, head_b = _prompts(plain, [12], seed=5)[0], _prompts(plain, [10], seed=6)[0]
+    tails = [[rng.randrange(1000, 20000) for _ in range(n)] for n in (1, 6, 3, 2, 5, 4, 1)]
+    # the Gemma-style window is 8 tokens: its prompts are longer, so they run whole (no grouping there)
+    prompts = [head_a + t for t in tails[:4]] + [head_b + t for t in tails[4:]] + [_prompts(plain, [5])[0]]
+    want = plain.next_token_logprobs(prompts)
+    before = shared.forward_calls
+    got = shared.next_token_logprobs(prompts)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+    if arch != "gemma3":  # 1 ungrouped prompt + (prefix + 1 batch of 4) + (prefix + 1 batch of 3)
+        assert shared.forward_calls - before == 5
+    else:  # longer than the 8-token window: padding after the prefix would count in it, so no groups
+        assert prefix_groups(prompts, shared) == [] and len(prefix_groups(prompts)) == 2
+    np.testing.assert_allclose(
+        shared.next_token_logits(prompts, [5, 7]), plain.next_token_logits(prompts, [5, 7]), atol=ATOL, rtol=0
+    )
+    assert shared.usage.prompt_tokens == plain.usage.prompt_tokens  # billed as whole prompts
+
+
+def test_shared_prefix_pointwise_ranker_scores_are_unchanged(tiny_causal_lm):
+    docs = [f"document {i} about " + "rain clouds " * i for i in range(1, 9)]
+    plain = Reranker("llm-pointwise", engine=CausalLM(tiny_causal_lm, batch_size=4))
+    shared = Reranker("llm-pointwise", engine=CausalLM(tiny_causal_lm, batch_size=4, share_prefix=True))
+    q = ["what causes rain", "why do cats purr"]
+    a = plain.rank_many(q, [docs, docs])
+    b = shared.rank_many(q, [docs, docs])
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(sorted(r.score for r in x), sorted(r.score for r in y), atol=ATOL)
+    # each query's prompts share "[CLS] query : <query> document : document": 2 prefixes run once
+    assert shared.engine.forward_calls == 2 + 2 * 2 < plain.engine.forward_calls + 4

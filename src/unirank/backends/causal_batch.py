@@ -137,9 +137,103 @@ def next_token_scores(
             rows = rows[:, token_ids]
         return rows.cpu().numpy()  # type: ignore[no-any-return]
 
-    out = engine._run(feats, forward)
+    share = getattr(engine, "share_prefix", False) and side == "left" and _accepts(engine, "logits_to_keep")
+    groups = prefix_groups(prompts, engine) if share and _accepts(engine, "position_ids") else []
+    rest = sorted(set(range(len(prompts))) - {i for _, idx in groups for i in idx})
+    out: Any = None
+    if rest:
+        part = engine._run([feats[i] for i in rest], forward)
+        out = np.empty((len(prompts), part.shape[1]), dtype=part.dtype)
+        out[rest] = part
+    for n_prefix, idx in groups:
+        part = _shared_prefix_scores(engine, [prompts[i] for i in idx], n_prefix, token_ids, log_softmax)
+        if out is None:
+            out = np.empty((len(prompts), part.shape[1]), dtype=part.dtype)
+        out[idx] = part
     _count(engine, [len(p) for p in prompts], completion=1)
     return out  # type: ignore[no-any-return]
+
+
+#: prompts share a prefix worth computing once when it is at least this many tokens
+MIN_SHARED_PREFIX = 8
+
+
+def prefix_groups(prompts: list[list[int]], engine: Any = None) -> list[tuple[int, list[int]]]:
+    """``(shared prefix length, prompt indices)`` for groups of 2+ prompts that start with the same
+    :data:`MIN_SHARED_PREFIX` tokens; the prefix is the group's longest common prefix, less one token so every
+    prompt keeps a token of its own. With ``engine``, a model with sliding-window attention only groups
+    prompts that fit its window (padding between the prefix and a row's tokens would count in it).
+
+    >>> prefix_groups([[1] * 9 + [2], [1] * 9 + [3, 4], [5] * 9])
+    [(9, [0, 1])]
+    """
+    window = getattr(getattr(getattr(engine, "model", None), "config", None), "sliding_window", None)
+    by_head: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        if len(p) > MIN_SHARED_PREFIX:
+            by_head.setdefault(tuple(p[:MIN_SHARED_PREFIX]), []).append(i)
+    out = []
+    for idx in by_head.values():
+        if len(idx) < 2:
+            continue
+        first, n = prompts[idx[0]], min(len(prompts[i]) for i in idx) - 1
+        for i in idx[1:]:
+            n = next((k for k, (a, b) in enumerate(zip(first[:n], prompts[i][:n])) if a != b), n)
+        if n >= MIN_SHARED_PREFIX and (not window or max(len(prompts[i]) for i in idx) <= window):
+            out.append((n, idx))
+    return out
+
+
+def _shared_prefix_scores(
+    engine: Any, prompts: list[list[int]], n_prefix: int, token_ids: list[int] | None, log_softmax: bool
+) -> np.ndarray:
+    """Next-token scores of prompts sharing their first ``n_prefix`` tokens: the prefix runs once (its KV
+    cache kept), then the rest of every prompt runs in left-padded batches on a copy of that cache expanded
+    to the batch. Exact: the padding sits between the prefix and a row's own tokens, hidden by the mask, and
+    each row's positions continue from the prefix's (``n_prefix + cumsum(mask) - 1``)."""
+    import copy
+
+    torch, _ = hf.torch_modules()
+    dev = engine.device
+    with engine.lock, torch.inference_mode():
+        engine.forward_calls += 1
+        head = torch.tensor([prompts[0][:n_prefix]], dtype=torch.long, device=dev)
+        cache = engine.model(
+            input_ids=head,
+            attention_mask=torch.ones_like(head),
+            position_ids=torch.arange(n_prefix, device=dev)[None],
+            use_cache=True,
+            logits_to_keep=1,
+        ).past_key_values
+
+    def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
+        inputs = collate_ids([f["input_ids"] for f in batch], pad_id=_pad_id(engine), side="left", device=dev)
+        rows = len(batch)
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(rows)
+        mask = torch.cat(
+            [torch.ones(rows, n_prefix, dtype=torch.long, device=dev), inputs["attention_mask"]], 1
+        )
+        engine.forward_calls += 1
+        logits = (
+            engine.model(
+                input_ids=inputs["input_ids"],
+                attention_mask=mask,
+                position_ids=inputs["position_ids"] + n_prefix,
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
+        if log_softmax:
+            logits = logits.log_softmax(-1)
+        if token_ids is not None:
+            logits = logits[:, token_ids]
+        return logits.cpu().numpy()  # type: ignore[no-any-return]
+
+    return engine._run([{"input_ids": list(p[n_prefix:])} for p in prompts], forward)  # type: ignore[no-any-return]
 
 
 def continuation_logprobs(

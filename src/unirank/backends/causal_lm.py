@@ -79,6 +79,8 @@ class CausalLM:
         batch_size, max_tokens_per_batch: batching of scoring forwards.
         attn_implementation: e.g. ``"eager"`` (needed for attention weights; chosen automatically by ICR).
         padding_side: ``"left"`` (default) or ``"right"``; both exact (see :mod:`.causal_batch`).
+        share_prefix: next-token scores of prompts that share a prefix (one query's pointwise prompts) run
+            the prefix once and reuse its KV cache (:func:`.causal_batch.prefix_groups`); exact.
         cache_converted: save a converted GGUF model under :func:`cache_dir` (default ``True``).
         trust_remote_code, allow_pickle, revision: opt-ins as in :mod:`unirank.backends.hf`.
     """
@@ -95,6 +97,7 @@ class CausalLM:
         max_tokens_per_batch: int | None = None,
         attn_implementation: str | None = None,
         padding_side: str = "left",
+        share_prefix: bool = False,
         cache_converted: bool = True,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
@@ -138,7 +141,7 @@ class CausalLM:
         self.path = path
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
         self.batch_size = batch_size
-        self.padding_side = padding_side
+        self.padding_side, self.share_prefix = padding_side, bool(share_prefix)
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.forward_calls = 0
         #: calls and tokens counted with the tokenizer, as a server would bill them: one call per prompt, one
