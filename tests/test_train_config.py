@@ -130,6 +130,10 @@ def test_yaml_file_and_cli_errors(tmp_path, capsys):
         == 2
     )
     assert "unknown config key(s) ['nope']" in capsys.readouterr().err
+    config.write_text("model: ./nowhere\ndata: {train: [{triples: t.jsonl}]}\noptimizer: {lr: 1e-4}\n")
+    from unirank.train import load_config
+
+    assert load_config(config).optimizer["lr"] == 1e-4  # YAML 1.1 reads 1e-4 as a string
     config.write_text("model: [unclosed\n")
     assert main(["train", str(config), "--out", str(tmp_path / "o")]) == 2
     assert "not valid YAML" in capsys.readouterr().err

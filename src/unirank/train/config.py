@@ -153,6 +153,11 @@ def _int(value: Any, key: str, low: int = 1, *, optional: bool = False) -> Any:
 
 
 def _number(value: Any, key: str, *, positive: bool = True) -> float:
+    if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{key}: expected a number, got {value!r}")
     if positive and value <= 0:
