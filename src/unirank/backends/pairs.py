@@ -163,7 +163,8 @@ def _plain(tokenizer: Any, texts: list[str], limit: int | None) -> list[list[int
     if not texts:
         return []
     cut = {"truncation": False} if limit is None else {"truncation": True, "max_length": limit}
-    return list(tokenizer(texts, add_special_tokens=False, **cut)["input_ids"])
+    lean = {"return_attention_mask": False, "return_token_type_ids": False}
+    return list(tokenizer(texts, add_special_tokens=False, **cut, **lean)["input_ids"])
 
 
 def tokenize_pairs(
