@@ -181,6 +181,28 @@ def test_device_bench_refuses_bad_requests():
             resolve_device("cuda")
 
 
+def test_device_bench_records_a_failing_part_and_goes_on(tmp_path, minilm_path, monkeypatch, capsys):
+    from unirank import _bench_gpu_paths
+    from unirank.cli import main
+
+    def boom(self, size, folder, weights):
+        raise RuntimeError("CUDA out of memory (stand-in)")
+
+    def embed_row(self, size, folder, weights):
+        self.row(event="embed", size=size, path="unirank-default", s_median=1.0, s_runs=[1.0], x_st_best=2.0)
+
+    monkeypatch.setattr(_bench_gpu_paths.DeviceBench, "cross_encoder", boom)
+    monkeypatch.setattr(_bench_gpu_paths.DeviceBench, "embedding", embed_row)
+    out = tmp_path / "rows.jsonl"
+    argv = "bench --device cpu --sizes tiny --queries 1 --depth 3 --repeats 1".split()
+    assert main([*argv, "--tokenizer", str(minilm_path), "--out", str(out)]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    err = next(r for r in rows if r["event"] == "error")
+    assert err["kind"] == "ce" and "out of memory" in err["error"]
+    assert any(r["event"] == "embed" for r in rows) and rows[-1]["event"] == "target"  # the run went on
+    assert "| tiny | ce | RuntimeError('CUDA out of memory (stand-in)') |" in capsys.readouterr().out
+
+
 def _load_script(name):
     import importlib.util
 

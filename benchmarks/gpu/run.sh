@@ -46,18 +46,24 @@ print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.
 import unirank.methods.cross_encoder, unirank.methods.embedding, unirank.eval.datasets
 print("unirank CE/embedding imports: ok; datasets", unirank.eval.datasets.available_datasets())
 EOF
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+  --format=csv >> "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-timeout -k 10 "$SHARED_S" "$PY" "$CARRY/gpu_side_by_side.py" --data "$CARRY/data" --tokenizer "$CARRY/tokenizer" \
-  --sizes "$SHARED_SIZES" > "$OUT/gpu_side_by_side.log" 2>&1
-echo "gpu_side_by_side.py: exit $? after $((SECONDS - start)) s"
+if [ "$SHARED_S" -gt 0 ]; then
+  timeout -k 10 "$SHARED_S" "$PY" "$CARRY/gpu_side_by_side.py" --data "$CARRY/data" --tokenizer "$CARRY/tokenizer" \
+    --sizes "$SHARED_SIZES" > "$OUT/gpu_side_by_side.log" 2>&1
+  echo "gpu_side_by_side.py: exit $? after $((SECONDS - start)) s (124: cut at SHARED_S=$SHARED_S)"
+else
+  echo "gpu_side_by_side.py: skipped (SHARED_S=0)"
+fi
 
 left=$((BUDGET_S - (SECONDS - start)))
 [ "$left" -gt 30 ] || left=30
 timeout -k 10 "$left" "$PY" -m unirank.cli -v bench --device "$DEVICE" --sizes "$SIZES" ${QUERIES:+--queries "$QUERIES"} \
   --depth "$DEPTH" --repeats "$REPEATS" --parity-queries "$PARITY" --tokenizer "$CARRY/tokenizer" \
   --out "$OUT/unirank-bench.jsonl" > "$OUT/unirank-bench.md" 2> "$OUT/unirank-bench.log"
-echo "unirank bench: exit $? after $((SECONDS - start)) s"
+echo "unirank bench: exit $? after $((SECONDS - start)) s (124: cut at BUDGET_S=$BUDGET_S)"
 
 "$PY" benchmarks/gpu/summarize.py "$OUT" | tee "$OUT/summary.md"
 tail -n 5 "$OUT/gpu_side_by_side.log" "$OUT/unirank-bench.log" | grep -i -B2 "error\|traceback" || true

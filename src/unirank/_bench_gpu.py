@@ -183,6 +183,9 @@ def run_device_bench(
 ) -> list[dict[str, Any]]:
     """Run the side-by-side (module doc) and return its rows; ``emit`` gets each row as it is measured.
 
+    A part (cross-encoder or embedding of one size) that raises is recorded as an ``"error"`` row (and
+    logged) and the run goes on with the next part; ``unirank bench`` then exits with status 1.
+
     ``peer_dtype`` (``"fp32" | "fp16" | "bf16"``) overrides the sentence-transformers dtype (default fp16 on
     CUDA, fp32 on CPU); on CPU the floor then also runs in that dtype."""
     unknown = [s for s in sizes if s not in SIZES]
@@ -229,8 +232,13 @@ def run_device_bench(
     try:
         for size in sizes:
             ce_dir, emb_dir, weights = build_models(size, tok_dir, root)
-            bench.cross_encoder(size, ce_dir, weights)
-            bench.embedding(size, emb_dir, weights)
+            for part, fn in (("ce", bench.cross_encoder), ("embed", bench.embedding)):
+                try:
+                    fn(size, ce_dir if part == "ce" else emb_dir, weights)
+                except Exception as exc:  # one run on a lent GPU: record the failure, measure the rest
+                    logger.exception("%s %s failed", size, part)
+                    keep({"event": "error", "size": size, "kind": part, "error": repr(exc)[:500]})
+                    bench.free()
             if device.startswith("cuda"):
                 keep({"event": "mem", "size": size, "max_alloc_gb": torch.cuda.max_memory_allocated() / 1e9})
                 torch.cuda.reset_peak_memory_stats()
@@ -298,6 +306,10 @@ def format_device_rows(rows: Sequence[dict[str, Any]]) -> str:
                 f"| {r['size']} | {r['kind']} | {r['path']} | {r['ref']} | {r['queries']} "
                 f"| {r['max_abs_diff']:.2e} | {r['tau_min']:.4f} / {r['tau_median']:.4f} |"
             )
+    errors = [r for r in rows if r.get("event") == "error"]
+    if errors:
+        lines += ["", "| size | kind | error |", "|---|---|---|"]
+        lines += [f"| {r['size']} | {r['kind']} | {r['error']} |" for r in errors]
     targets = [r for r in rows if r.get("event") == "target"]
     if targets:
         lines += ["", "| goal (set for CUDA) | size | device | measured | met |", "|---" * 5 + "|"]
@@ -360,4 +372,4 @@ def device_cli(args: argparse.Namespace) -> int:
         if out is not None:
             out.close()
     sys.stdout.write(format_device_rows(rows + targets) + "\n")
-    return 0
+    return 1 if any(r.get("event") == "error" for r in rows) else 0
