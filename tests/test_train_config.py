@@ -145,3 +145,29 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml -> ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'unirank\[train\]'"):
         train(str(tmp_path / "train.yaml"), tmp_path / "out")
+
+
+def test_docs_config_reference_covers_every_key_and_its_example_validates():
+    """docs/training.md: the reference table names every top-level key with its default, and the example
+    YAML passes validation."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from unirank.train import load_config
+    from unirank.train.config import DEFAULTS, TOP_LEVEL_KEYS
+
+    page = (Path(__file__).parent.parent / "docs" / "training.md").read_text(encoding="utf-8")
+    reference = page.split("## Config reference")[1].split("\n## ")[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", reference, flags=re.M))
+    assert set(rows) == set(TOP_LEVEL_KEYS)
+    for key, default in DEFAULTS.items():
+        if isinstance(default, (int, float, str)) and not isinstance(default, bool) and key != "epochs":
+            assert rows[key].strip() == f"`{default}`", key
+    example = re.search(r"```yaml\n(.*?)```", reference, flags=re.S).group(1)
+    cfg = load_config(yaml.safe_load(example))
+    assert cfg.loss == {"name": "kl", "temperature": 1.0} and cfg.dev["queries"] == {
+        "limit": 20,
+        "exclude": [],
+    }
