@@ -279,9 +279,22 @@ def train(
     """
     require("yaml", "train", "pyyaml")
     require("accelerate", "train")
-    require("transformers", "train")
+    hf_logging = require("transformers", "train").utils.logging
     started = time.perf_counter()
     cfg = load_config(config, overrides=overrides)
+    quiet = not show_progress and hf_logging.is_progress_bar_enabled()
+    if quiet:  # transformers' own bars (loading and writing weights) too
+        hf_logging.disable_progress_bar()
+    try:
+        return _train(cfg, Path(out), overwrite=overwrite, show_progress=show_progress, started=started)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
+def _train(
+    cfg: TrainConfig, out: Path, *, overwrite: bool, show_progress: bool, started: float
+) -> TrainResult:
     from ._collate import GroupCollator
     from ._eval import DevSet, check_overlap
     from ._model import load_for_training
@@ -289,7 +302,7 @@ def train(
 
     loss = get_loss(cfg.loss)
     _check_optimizer(cfg.optimizer)
-    out_path = Path(out).expanduser().resolve()
+    out_path = out.expanduser().resolve()
     resume = _prepare_out(out_path, cfg, overwrite)
     ckpt = out_path / "checkpoints"
     groups = _groups(cfg, ckpt, show_progress)
