@@ -25,7 +25,17 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-__all__ = ["Prefetcher", "Prepared", "pair_batches", "run_prefetched", "to_tensors"]
+__all__ = [
+    "Prefetcher",
+    "Prepared",
+    "accelerator_sizes",
+    "default_dtype",
+    "pair_batches",
+    "run_pipeline",
+    "run_prefetched",
+    "text_batches",
+    "to_tensors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +168,56 @@ def pair_batches(
             arrays = toks.collate(batch, left=left)
             yield Prepared(np.asarray(batch, dtype=np.int64) + start, to_tensors(arrays, device))
         start = stop
+
+
+def text_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    *,
+    max_tokens: int,
+    batch_size: int,
+    device: str,
+    suffix_ids: tuple[int, ...] = (),
+    position_ids: bool = False,
+    chunk: int = 2048,
+    first_chunk: int = 512,
+) -> Iterator[Prepared]:
+    """:func:`pair_batches` for single texts (:func:`unirank.backends.pairs.tokenize_texts`), padded on the
+    tokenizer's side (left-padded rows get position ids when ``position_ids``)."""
+    from ..batching import token_budget_batches
+    from .pairs import tokenize_texts
+
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    start = 0
+    while start < len(texts):
+        stop = min(start + (first_chunk if start == 0 else chunk), len(texts))
+        toks = tokenize_texts(tokenizer, texts[start:stop], max_length, suffix_ids)
+        for batch in token_budget_batches(toks.lengths, max_tokens=max_tokens, max_batch_size=batch_size):
+            arrays = toks.collate(batch, left=left, position_ids=position_ids)
+            yield Prepared(np.asarray(batch, dtype=np.int64) + start, to_tensors(arrays, device))
+        start = stop
+
+
+def run_pipeline(
+    source: Iterable[Prepared],
+    forward: Callable[[dict[str, Any]], Any],
+    n_items: int,
+    *,
+    fallback: Callable[[list[int]], np.ndarray],
+    show_progress: bool = False,
+    desc: str = "scoring",
+) -> np.ndarray:
+    """:func:`run_prefetched` under ``torch.inference_mode`` with a progress bar (when ``show_progress``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_items, desc=desc, unit="item", disable=not show_progress, leave=False)
+    try:
+        with torch.inference_mode():
+            return run_prefetched(source, forward, n_items, fallback=fallback, progress=bar.update)
+    finally:
+        bar.close()
 
 
 def run_prefetched(

@@ -35,7 +35,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PairTemplate", "PairTokens", "gather_rows", "longest_first", "pair_template", "tokenize_pairs"]
+__all__ = [
+    "PairTemplate",
+    "PairTokens",
+    "gather_rows",
+    "longest_first",
+    "pair_template",
+    "tokenize_pairs",
+    "tokenize_texts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,34 +133,45 @@ def gather_rows(
 
 
 class PairTokens:
-    """Tokenised pairs: a pool of token ids (and types) and, per pair, five pieces of it (prefix, query,
-    middle, document, suffix); :meth:`collate` pads any subset into numpy arrays."""
+    """Tokenised items: a pool of token ids (and types) and, per item, pieces of it (for a pair: prefix,
+    query, middle, document, suffix); :meth:`collate` pads any subset into numpy arrays with ``keys``."""
 
     def __init__(
-        self, ids: np.ndarray, types: np.ndarray, src: np.ndarray, lens: np.ndarray, tpl: PairTemplate
+        self,
+        ids: np.ndarray,
+        types: np.ndarray,
+        src: np.ndarray,
+        lens: np.ndarray,
+        keys: tuple[str, ...],
+        pad_id: int,
     ) -> None:
-        self.ids, self.types, self.src, self.lens, self.template = ids, types, src, lens, tpl
+        self.ids, self.types, self.src, self.lens = ids, types, src, lens
+        self.keys, self.pad_id = keys, pad_id
         self.lengths: list[int] = lens.sum(1).tolist()
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def collate(self, index: Sequence[int] | np.ndarray, left: bool = False) -> dict[str, np.ndarray]:
-        """``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) of the pairs ``index``, int64, padded to
-        the longest of them (right-padded unless ``left``)."""
+    def collate(
+        self, index: Sequence[int] | np.ndarray, left: bool = False, position_ids: bool = False
+    ) -> dict[str, np.ndarray]:
+        """``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) of the items ``index``, int64, padded to
+        the longest of them (right-padded unless ``left``), as :func:`unirank.backends.hf.collate` pads
+        them; ``position_ids=True`` adds its left-padding position ids."""
         idx = np.asarray(index, dtype=np.int64)
-        ids, (rows, cols, gather) = gather_rows(
-            self.ids, self.src[idx], self.lens[idx], self.template.pad_id, left
-        )
+        ids, (rows, cols, gather) = gather_rows(self.ids, self.src[idx], self.lens[idx], self.pad_id, left)
         out = {"input_ids": ids}
         mask = np.zeros_like(ids)
         mask[rows, cols] = 1
         out["attention_mask"] = mask
-        if "token_type_ids" in self.template.keys:
+        if "token_type_ids" in self.keys:
             types = np.zeros_like(ids)
             types[rows, cols] = self.types[gather]
             out["token_type_ids"] = types
-        return {k: out[k] for k in self.template.keys}
+        out = {k: out[k] for k in self.keys}
+        if position_ids and left:
+            out["position_ids"] = np.maximum(mask.cumsum(-1) - 1, 0)
+        return out
 
     def features(self, i: int) -> dict[str, list[int]]:
         """Pair ``i`` as :func:`unirank.backends.hf.tokenize` gives it (lists, no padding)."""
@@ -172,6 +191,8 @@ def tokenize_pairs(
 ) -> PairTokens:
     """Tokenise ``(queries[i], texts[i])`` pairs (see the module doc); equal to
     ``hf.tokenize(tokenizer, queries, texts, max_length)`` for a template from :func:`pair_template`."""
+    import itertools
+
     from ..text import safe_prefix
 
     if len(queries) != len(texts):
@@ -209,7 +230,7 @@ def tokenize_pairs(
     parts = [head, *qtok, *dtok, *literal]
     sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
     starts = np.cumsum(sizes) - sizes
-    ids = np.fromiter((t for p in parts for t in p), dtype=np.int64, count=int(sizes.sum()))
+    ids = np.fromiter(itertools.chain(*parts), dtype=np.int64, count=int(sizes.sum()))
     types = np.repeat(
         np.array([0, *([tpl.type_a] * len(qtok)), *([tpl.type_b] * len(dtok)), *([0] * len(literal))]), sizes
     )
@@ -227,7 +248,45 @@ def tokenize_pairs(
     for k, i in enumerate(redo.tolist()):
         src[i] = (starts[1 + len(qtok) + len(dtok) + k], 0, 0, 0, 0)
         lens[i] = (len(literal[k]), 0, 0, 0, 0)
-    return PairTokens(ids, types, src, lens, tpl)
+    return PairTokens(ids, types, src, lens, tpl.keys, tpl.pad_id)
+
+
+def tokenize_texts(
+    tokenizer: Any, texts: Sequence[str], max_length: int, suffix_ids: tuple[int, ...] = ()
+) -> PairTokens:
+    """Tokenise single texts with special tokens, equal to ``hf.tokenize(tokenizer, texts, None,
+    max_length)``, plus ``suffix_ids`` appended to every text that does not already end with them."""
+    import itertools
+
+    from ..text import safe_prefix
+    from .hf import tokenize
+
+    cut = [safe_prefix(t, max_length) for t in texts]
+    enc = tokenizer(cut, truncation="longest_first", max_length=max_length, padding=False)
+    keys = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc)
+    toks = list(enc["input_ids"])
+    types = list(enc["token_type_ids"]) if "token_type_ids" in keys else None
+    for i, (c, t) in enumerate(zip(cut, texts)):
+        if c is not t and len(toks[i]) < max_length:  # the cut came out short: tokenise in full, as hf does
+            f = tokenize(tokenizer, [t], None, max_length)[0]
+            toks[i] = f["input_ids"]
+            if types is not None:
+                types[i] = f["token_type_ids"]
+    n, k = len(toks), len(suffix_ids)
+    sizes = np.fromiter(map(len, toks), dtype=np.int64, count=n)
+    starts = k + np.cumsum(sizes) - sizes
+    ids = np.fromiter(itertools.chain(suffix_ids, *toks), dtype=np.int64, count=k + int(sizes.sum()))
+    pool_types = np.zeros_like(ids)
+    if types is not None and n:
+        pool_types[k:] = np.fromiter(itertools.chain(*types), dtype=np.int64, count=int(sizes.sum()))
+    src = np.zeros((n, 2), dtype=np.int64)
+    lens = np.zeros((n, 2), dtype=np.int64)
+    src[:, 0], lens[:, 0] = starts, sizes
+    if k:
+        ends = [tuple(t[-k:]) != tuple(suffix_ids) for t in toks]
+        lens[:, 1] = np.where(np.array(ends, dtype=bool), k, 0)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return PairTokens(ids, pool_types, src, lens, keys, 0 if pad is None else int(pad))
 
 
 def _find(seq: list[int], part: list[int], start: int) -> int:

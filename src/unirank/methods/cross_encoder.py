@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf, pairs
-from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, run_prefetched
+from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, run_pipeline
 from ..backends.padding import align_pad_token, is_decoder_only
 from ..base import PointwiseRanker
 from ..errors import SpecError
@@ -234,10 +234,6 @@ class CrossEncoderRanker(PointwiseRanker):
         )
 
     def _score_pipelined(self, queries: list[str], texts: list[str], show_progress: bool) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        torch, _ = hf.torch_modules()
-
         def fallback(idx: list[int]) -> np.ndarray:  # the classic path, for batches that failed
             qs, ts = [queries[i] for i in idx], [texts[i] for i in idx]
             return self._forward(hf.tokenize(self.tokenizer, qs, ts, self.max_length))
@@ -253,14 +249,14 @@ class CrossEncoderRanker(PointwiseRanker):
             device=self.device,
             chunk=max(PIPELINE_CHUNK, 4 * self.batch_size),
         )
-        bar = tqdm(total=len(texts), desc=self.name, unit="item", disable=not show_progress, leave=False)
-        try:
-            with torch.inference_mode():
-                return run_prefetched(
-                    source, self._forward_inputs, len(texts), fallback=fallback, progress=bar.update
-                )
-        finally:
-            bar.close()
+        return run_pipeline(
+            source,
+            self._forward_inputs,
+            len(texts),
+            fallback=fallback,
+            show_progress=show_progress,
+            desc=self.name,
+        )
 
 
 # pairs tokenised per background step after the first (512): length sorting within 2048 pairs pads DL19

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf
+from ..backends.feeder import accelerator_sizes, default_dtype, run_pipeline, text_batches
 from ..backends.padding import is_decoder_only
+from ..backends.pairs import tokenize_texts
 from ..base import PointwiseRanker
 from ..errors import SpecError
 from ..types import ScoreKind
@@ -109,7 +111,7 @@ class EmbeddingRanker(PointwiseRanker):
         *,
         device: str | None = None,
         max_length: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         max_tokens_per_batch: int | None = None,
         dtype: str | None = None,
         query_prompt: str | None = None,
@@ -148,7 +150,7 @@ class EmbeddingRanker(PointwiseRanker):
             self.layout["transformer"],
             "AutoModel",
             device=self.device,
-            dtype=hf.torch_dtype(dtype, self.device),
+            dtype=hf.torch_dtype(dtype or default_dtype(self.device), self.device),
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
         )
@@ -168,8 +170,11 @@ class EmbeddingRanker(PointwiseRanker):
             raise SpecError(f"similarity {self.layout['similarity']!r} is not supported (cosine or dot)")
         self.cosine = self.layout["similarity"] == "cosine" or self.layout["normalize"]
         self.score_kind = ScoreKind.SIMILARITY if self.cosine else ScoreKind.UNBOUNDED
-        self.batch_size = batch_size
-        self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
+        budget, batch = hf.default_token_budget(self.device), 64
+        if self.device.startswith("cuda"):  # pragma: no cover - no GPU in CI
+            budget, batch = accelerator_sizes(self.device, self.model)
+        self.batch_size = batch_size or batch
+        self.max_tokens_per_batch = max_tokens_per_batch or budget
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.cache_size = cache_size
@@ -200,7 +205,17 @@ class EmbeddingRanker(PointwiseRanker):
             hidden = torch.from_numpy(self._onnx.run(inputs))
         else:
             hidden = self.model(**inputs).last_hidden_state.float()
-        mask = inputs["attention_mask"].clone()
+        return self._embed(hidden, inputs["attention_mask"], prompt_len).cpu().numpy()
+
+    def _forward_inputs(self, inputs: dict[str, Any], prompt_len: int = 0) -> Any:
+        """Embeddings of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        hidden = self.model(**inputs).last_hidden_state.float()
+        return self._embed(hidden, inputs["attention_mask"], prompt_len)
+
+    def _embed(self, hidden: Any, attention_mask: Any, prompt_len: int) -> Any:
+        torch, _ = hf.torch_modules()
+        mask = attention_mask.clone()
         if prompt_len:
             mask[:, :prompt_len] = 0
         emb = _pool(torch, hidden, mask, self.layout["pooling"], self.tokenizer.padding_side == "left")
@@ -208,7 +223,7 @@ class EmbeddingRanker(PointwiseRanker):
             emb = layer(emb)
         if self.layout["normalize"]:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-        return emb.cpu().numpy()
+        return emb
 
     def encode(
         self,
@@ -225,6 +240,8 @@ class EmbeddingRanker(PointwiseRanker):
         if self.layout["do_lower_case"]:
             texts = [t.lower() for t in texts]
         n = len(suffix_ids)
+        if self._onnx is None:
+            return self._encode_pipelined([prompt + t for t in texts], prompt, show_progress, suffix_ids)
         feats = hf.tokenize(self.tokenizer, [prompt + t for t in texts], None, self.max_length - n)
         for f in feats if n else ():
             if tuple(f["input_ids"][-n:]) != suffix_ids:
@@ -238,6 +255,38 @@ class EmbeddingRanker(PointwiseRanker):
             lambda b: self._forward(b, plen),
             max_tokens=self.max_tokens_per_batch,
             batch_size=self.batch_size,
+            show_progress=show_progress,
+            desc=f"encoding ({self.name})",
+        )
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    def _encode_pipelined(
+        self, texts: list[str], prompt: str, show_progress: bool, suffix_ids: tuple[int, ...]
+    ) -> np.ndarray:
+        """:meth:`encode` on the host pipeline (:mod:`unirank.backends.feeder`): tokenised and padded in the
+        background, embeddings kept on the device and copied back once."""
+        plen, limit = self._prompt_length(prompt), self.max_length - len(suffix_ids)
+
+        def fallback(idx: list[int]) -> np.ndarray:  # one by one through the classic forward
+            toks = tokenize_texts(self.tokenizer, [texts[i] for i in idx], limit, suffix_ids)
+            return self._forward([toks.features(j) for j in range(len(idx))], plen)
+
+        source = text_batches(
+            self.tokenizer,
+            texts,
+            limit,
+            max_tokens=self.max_tokens_per_batch,
+            batch_size=self.batch_size,
+            device=self.device,
+            suffix_ids=suffix_ids,
+            position_ids=self.decoder,
+            chunk=max(2048, 4 * self.batch_size),
+        )
+        out = run_pipeline(
+            source,
+            lambda x: self._forward_inputs(x, plen),
+            len(texts),
+            fallback=fallback,
             show_progress=show_progress,
             desc=f"encoding ({self.name})",
         )
