@@ -14,7 +14,9 @@ holds them) and the same (query, BM25 top-``depth``) lists (TREC DL 2019, plus T
   fp32 on the same weights (cross-encoder logits, embedding cosines), of unirank's default vs ST fp32, and
   the per-query Kendall tau of unirank's embedding scores in fp16 / bf16 vs fp32.
 
-A timing is the median of ``repeats`` full passes after a warm-up on the first two queries. Ratios:
+A timing is the median of ``repeats`` full passes after a warm-up on the first two queries; the passes of
+one size's cross-encoder paths (and of its embedding paths) are interleaved, round by round in a rotating
+order, so that a load change on a shared machine hits them alike. Ratios:
 ``x_st_best`` = best sentence-transformers time / unirank time; ``floor_share`` = floor time / unirank time.
 """
 

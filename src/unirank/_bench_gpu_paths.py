@@ -73,19 +73,26 @@ class DeviceBench:
         if self.cuda:
             self.torch.cuda.empty_cache()
 
-    def timed(self, fn: Fn) -> tuple[float, list[float], Any]:
-        """Median and all of ``repeats`` full passes, after a warm-up on the first two queries."""
-        fn(self.queries[:2], self.texts[:2])
-        runs, out = [], None
-        for _ in range(self.repeats):
-            if self.cuda:
-                self.torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = fn(self.queries, self.texts)
-            if self.cuda:
-                self.torch.cuda.synchronize()
-            runs.append(time.perf_counter() - t0)
-        return statistics.median(runs), runs, out
+    def timed(self, fns: dict[str, Fn]) -> dict[str, tuple[float, list[float], Any]]:
+        """``name -> (median, runs, last output)``: every path is warmed up on the first two queries, then
+        ``repeats`` rounds in which each makes one full pass, in a rotating order, so that a load change
+        on a shared machine hits every path alike."""
+        for fn in fns.values():
+            fn(self.queries[:2], self.texts[:2])
+        names = list(fns)
+        runs: dict[str, list[float]] = {n: [] for n in names}
+        outs: dict[str, Any] = {}
+        for r in range(self.repeats):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                if self.cuda:
+                    self.torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                outs[n] = fns[n](self.queries, self.texts)
+                if self.cuda:
+                    self.torch.cuda.synchronize()
+                runs[n].append(time.perf_counter() - t0)
+        return {n: (statistics.median(runs[n]), runs[n], outs[n]) for n in names}
 
     def row(self, **kw: Any) -> dict[str, Any]:
         if "s_median" in kw:
@@ -114,70 +121,66 @@ class DeviceBench:
 
         return _unirank_scores(Reranker(spec, device=self.device, **options), self.qp, self.tp)
 
-    def unirank_timed(self, spec: str, **options: Any) -> tuple[float, list[float], Scores, str | None]:
-        """``(median, runs, scores, weight dtype)`` of full passes of ``rank_many``."""
-        from .reranker import Reranker
-
-        r = Reranker(spec, device=self.device, **options)
-        med, runs, scores = self.timed(lambda q, t: _unirank_scores(r, q, t))
-        return med, runs, scores, _param_dtype(r)
-
     # ------------------------------------------------------------------ cross-encoder
     def cross_encoder(self, size: str, ce_dir: Path, weights: str) -> None:
-        ref, st_times = self._st_cross_encoder(size, ce_dir, weights)
-        self.free()
+        from .reranker import Reranker
+
+        ce = self._st_cross_encoder(ce_dir)
+        ref = _st_predict(ce, self.qp, self.tp, 32)  # the fp32 reference, on the same weights
+        ce.model.to(self.half)
         u32 = self.unirank_parity(f"ce:{ce_dir}", dtype="fp32")
         self.parity(size, "ce", "unirank-fp32", "st-fp32", u32, ref)
         self.free()
-        med, runs, scores, dtype = self.unirank_timed(f"ce:{ce_dir}")
-        self.free()
-        floors = {_dtype_name(dt): self.floor(size, ce_dir, dt) for dt in self.floor_dtypes}
+        r = Reranker(f"ce:{ce_dir}", device=self.device)
+        fns: dict[str, Fn] = {
+            "st-b32": lambda q, t: _st_predict(ce, q, t, 32),
+            "st-b256": lambda q, t: _st_predict(ce, q, t, 256),
+            "unirank-default": lambda q, t: _unirank_scores(r, q, t),
+        }
+        pads = {}
+        for dt in self.floor_dtypes:
+            fns[f"floor-{_dtype_name(dt)}"], pads[f"floor-{_dtype_name(dt)}"] = self._floor(ce_dir, dt)
+        res = self.timed(fns)
+        for name in ("st-b32", "st-b256"):
+            med, runs, _ = res[name]
+            self.row(event="ce", size=size, weights=weights, path=name, dtype=_dtype_name(self.half),
+                     s_median=med, s_runs=runs)  # fmt: skip
+        for name, pad in pads.items():
+            med, runs, _ = res[name]
+            self.row(event="ce", size=size, path=name, dtype=name.removeprefix("floor-"), s_median=med,
+                     s_runs=runs, padding_overhead=pad)  # fmt: skip
         tok_s = _tokenize_seconds(ce_dir, self.queries, self.texts)
         self.row(event="ce", size=size, path="tokenize-only", s_median=tok_s, s_runs=[tok_s])
-        best_st = min(st_times, key=st_times.__getitem__)
-        best_floor = min(floors, key=floors.__getitem__)
+        best_st = min(("st-b32", "st-b256"), key=lambda n: res[n][0])
+        best_floor = min(pads, key=lambda n: res[n][0])
+        med, runs, scores = res["unirank-default"]
         self.row(
             event="ce",
             size=size,
             weights=weights,
             path="unirank-default",
-            dtype=dtype,
+            dtype=_param_dtype(r),
             s_median=med,
             s_runs=runs,
-            x_st_best=st_times[best_st] / med,
+            x_st_best=res[best_st][0] / med,
             st_best=best_st,
-            floor_share=floors[best_floor] / med,
-            floor_dtype=best_floor,
+            floor_share=res[best_floor][0] / med,
+            floor_dtype=best_floor.removeprefix("floor-"),
         )
         self.parity(size, "ce", "unirank-default", "st-fp32", scores[: len(self.qp)], ref)
 
-    def _st_cross_encoder(self, size: str, ce_dir: Path, weights: str) -> tuple[Scores, dict[str, float]]:
+    def _st_cross_encoder(self, ce_dir: Path) -> Any:
         ident = self.torch.nn.Identity()
         try:
-            ce = self.st.CrossEncoder(str(ce_dir), device=self.device, max_length=512, activation_fn=ident)
+            return self.st.CrossEncoder(str(ce_dir), device=self.device, max_length=512, activation_fn=ident)
         except TypeError:  # sentence-transformers < 4 calls it default_activation_function
-            ce = self.st.CrossEncoder(
+            return self.st.CrossEncoder(
                 str(ce_dir), device=self.device, max_length=512, default_activation_function=ident
             )
-        ref = _st_predict(ce, self.qp, self.tp, 32)  # the fp32 reference, on the same weights
-        ce.model.to(self.half)
-        times = {}
-        for bs in (32, 256):
-            med, runs, _ = self.timed(lambda q, t, bs=bs: _st_predict(ce, q, t, bs))
-            times[f"st-b{bs}"] = med
-            self.row(
-                event="ce",
-                size=size,
-                weights=weights,
-                path=f"st-b{bs}",
-                dtype=_dtype_name(self.half),
-                s_median=med,
-                s_runs=runs,
-            )
-        return ref, times
 
-    def floor(self, size: str, ce_dir: Path, dtype: Any) -> float:
-        """Forward passes only, over pre-tokenised length-sorted batches already on the device."""
+    def _floor(self, ce_dir: Path, dtype: Any) -> tuple[Fn, float]:
+        """Forward passes only, over pre-tokenised length-sorted batches already on the device; and the
+        padded / real token ratio of those batches."""
         transformers = require("transformers", "hf")
         tok = transformers.AutoTokenizer.from_pretrained(str(ce_dir))
         qs = [q for q, t in zip(self.queries, self.texts) for _ in t]
@@ -201,65 +204,49 @@ class DeviceBench:
 
         def forward(q: list[str], t: list[list[str]]) -> None:
             with self.torch.inference_mode():
-                for i, m, tt in tensors if q is self.queries else tensors[:2]:
+                for i, m, tt in tensors if q is self.queries else tensors[:2]:  # warm-up: the 2 largest
                     model(input_ids=i, attention_mask=m, token_type_ids=tt)
 
-        med, runs, _ = self.timed(forward)
-        self.row(
-            event="ce",
-            size=size,
-            path=f"floor-{_dtype_name(dtype)}",
-            dtype=_dtype_name(dtype),
-            s_median=med,
-            s_runs=runs,
-            padding_overhead=sum(len(b) * len(ids[b[0]]) for b in batches) / sum(len(x) for x in ids),
-        )
-        tensors.clear()
-        return med
+        return forward, sum(len(b) * len(ids[b[0]]) for b in batches) / sum(len(x) for x in ids)
 
     # ------------------------------------------------------------------ embedding
     def embedding(self, size: str, emb_dir: Path, weights: str) -> None:
-        ref, st_times = self._st_embedding(size, emb_dir, weights)
-        self.free()
+        from .reranker import Reranker
+
+        st = self.st.SentenceTransformer(str(emb_dir), device=self.device)
+        ref = _st_embed_per_query(st, self.qp, self.tp)
+        st.to(self.half)
         spec = f"embed:{emb_dir}"
         by_dtype = {dt: self.unirank_parity(spec, dtype=dt, cache_size=0) for dt in ("fp32", "fp16", "bf16")}
         self.free()
         self.parity(size, "embed", "unirank-fp32", "st-fp32", by_dtype["fp32"], ref)
         for dt in ("fp16", "bf16"):
             self.parity(size, "embed", f"unirank-{dt}", "unirank-fp32", by_dtype[dt], by_dtype["fp32"])
-        med, runs, _, dtype = self.unirank_timed(spec, cache_size=0)
-        self.free()
-        best = min(st_times, key=st_times.__getitem__)
+        r = Reranker(spec, device=self.device, cache_size=0)
+        res = self.timed(
+            {
+                "st-encode-per-query": lambda q, t: _st_embed_per_query(st, q, t),
+                "st-encode-all": lambda q, t: _st_embed_all(st, q, t),
+                "unirank-default": lambda q, t: _unirank_scores(r, q, t),
+            }
+        )
+        for name in ("st-encode-per-query", "st-encode-all"):
+            med, runs, _ = res[name]
+            self.row(event="embed", size=size, weights=weights, path=name, dtype=_dtype_name(self.half),
+                     s_median=med, s_runs=runs)  # fmt: skip
+        best = min(("st-encode-per-query", "st-encode-all"), key=lambda n: res[n][0])
+        med, runs, _ = res["unirank-default"]
         self.row(
             event="embed",
             size=size,
             weights=weights,
             path="unirank-default",
-            dtype=dtype,
+            dtype=_param_dtype(r),
             s_median=med,
             s_runs=runs,
-            x_st_best=st_times[best] / med,
+            x_st_best=res[best][0] / med,
             st_best=best,
         )
-
-    def _st_embedding(self, size: str, emb_dir: Path, weights: str) -> tuple[Scores, dict[str, float]]:
-        st = self.st.SentenceTransformer(str(emb_dir), device=self.device)
-        ref = _st_embed_per_query(st, self.qp, self.tp)
-        st.to(self.half)
-        times = {}
-        for path, fn in (("st-encode-per-query", _st_embed_per_query), ("st-encode-all", _st_embed_all)):
-            med, runs, _ = self.timed(lambda q, t, fn=fn: fn(st, q, t))
-            times[path] = med
-            self.row(
-                event="embed",
-                size=size,
-                weights=weights,
-                path=path,
-                dtype=_dtype_name(self.half),
-                s_median=med,
-                s_runs=runs,
-            )
-        return ref, times
 
 
 def _split(flat: Any, texts: list[list[str]]) -> Scores:
