@@ -329,3 +329,21 @@ def test_early_stopping_stops_when_the_dev_metric_stalls(make_tiny_bert, tmp_pat
     evals = [row for row in res.history if "eval_ndcg@10" in row]
     assert [row["step"] for row in evals] == [4, 8] and evals[0]["eval_ndcg@10"] == evals[1]["eval_ndcg@10"]
     assert res.steps == 8 and res.best_step == 4
+
+
+def test_bf16_trains_on_the_cpu(make_tiny_bert, tmp_path, one_thread):
+    """``precision: bf16`` without a GPU: bf16 autocast on the CPU (transformers needs ``use_cpu`` for it),
+    a step and a dev evaluation run, and the saved weights stay float32."""
+    import torch
+
+    from unirank.train import train
+
+    files = write_fixture(tmp_path / "data", n_train=8, n_dev=2)
+    model = make_tiny_bert("seqcls", num_labels=1, seed=3)
+    cfg = tiny_config(model, files, precision="bf16", max_steps=2, eval_steps=2, save_steps=2)
+    res = train(cfg, tmp_path / "out", show_progress=False)
+    assert res.steps == 2 and res.best_metric is not None
+    from safetensors.torch import load_file
+
+    weights = load_file(str(res.out / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values())

@@ -208,7 +208,10 @@ def _precision(name: str) -> dict[str, bool]:
         return {"bf16": bool(cuda and torch.cuda.is_bf16_supported()), "dataloader_pin_memory": cuda}
     if name == "fp16" and not cuda:
         raise SpecError("precision: fp16 needs a CUDA GPU; on the CPU use fp32 (or bf16)")
-    return {"bf16": name == "bf16", "fp16": name == "fp16", "dataloader_pin_memory": cuda}
+    flags = {"bf16": name == "bf16", "fp16": name == "fp16", "dataloader_pin_memory": cuda}
+    if name == "bf16" and not cuda:
+        flags["use_cpu"] = True  # bf16 autocast on the CPU: transformers refuses bf16 without it
+    return flags
 
 
 def _training_args(cfg: TrainConfig, ckpt: Path, show_progress: bool) -> Any:
