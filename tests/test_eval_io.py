@@ -275,7 +275,7 @@ def test_bundled_scifact():
 
 
 def test_available_and_unknown_datasets():
-    assert available_datasets() == ["scifact", "trec-dl-2019"]
+    assert available_datasets() == ["scifact", "trec-dl-2019", "trec-dl-2020"]
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("msmarco-full")
 
