@@ -195,16 +195,18 @@ def _shared_prefix_scores(
 
     torch, _ = hf.torch_modules()
     dev = engine.device
+    key = "cache" if _accepts(engine, "cache") else "past_key_values"  # transformers 5.x: "cache"
     with engine.lock, torch.inference_mode():
         engine.forward_calls += 1
         head = torch.tensor([prompts[0][:n_prefix]], dtype=torch.long, device=dev)
-        cache = engine.model(
+        out = engine.model(
             input_ids=head,
             attention_mask=torch.ones_like(head),
             position_ids=torch.arange(n_prefix, device=dev)[None],
             use_cache=True,
             logits_to_keep=1,
-        ).past_key_values
+        )
+        cache = getattr(out, "cache", None) or out.past_key_values
 
     def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
         inputs = collate_ids([f["input_ids"] for f in batch], pad_id=_pad_id(engine), side="left", device=dev)
@@ -220,7 +222,7 @@ def _shared_prefix_scores(
                 input_ids=inputs["input_ids"],
                 attention_mask=mask,
                 position_ids=inputs["position_ids"] + n_prefix,
-                past_key_values=past,
+                **{key: past},
                 use_cache=True,
                 logits_to_keep=1,
             )

@@ -9,7 +9,9 @@ Spec grammar (shared by ``llm-pointwise:``, ``llm-listwise:`` and ``icr:``)::
 Options: ``mode="yesno"`` (default), ``"graded"`` or ``"likelihood"``; ``prompt=`` a name from
 :data:`unirank.prompts.PROMPTS` or your own template string; ``labels=`` the label words; ``score=``
 (yes/no mode) ``"yes-no"`` or ``"yes"`` (default: the prompt's); ``instruction=`` fills the prompt's
-``{instruction}`` field. Decoder rerankers as their reference code defines them:
+``{instruction}`` field; ``max_doc_tokens=`` cuts each document to that many tokens (local, or a server
+engine with ``tokenizer=``, which then sends the local prompt token for token; a server without one cuts
+to ``max_doc_words`` words). Decoder rerankers as their reference code defines them:
 ``prompt="qwen3-reranker"`` (Qwen3-Reranker), ``prompt="bge-gemma"`` (BAAI/bge-reranker-v2-gemma, score
 ``"yes"``), ``prompt="mxbai-v2"`` (mixedbread-ai/mxbai-rerank-*-v2). With local engines they keep their
 reference's token caps (:func:`unirank.prompts.cap_pieces`): Qwen3-Reranker the card's 8,192-token prompt,
