@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--minilm-repeats", type=int, default=3)
+    ap.add_argument("--minilm-queries", type=int, default=None, help="default: --queries")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tiny model's forward")
     args = ap.parse_args(argv)
@@ -95,8 +96,8 @@ def main(argv=None) -> int:
     flat_d = [x for d in docs for x in d]
     work = Path(tempfile.mkdtemp(prefix="unirank-host-"))
     print(
-        f"{len(flat_d)} pairs ({len(queries)} DL19 queries x BM25 top-{args.depth}); torch threads "
-        f"{torch.get_num_threads()}; medians of {args.repeats} interleaved rounds"
+        f"{len(flat_d)} pairs ({len(queries)} DL19 queries x BM25 top-{args.depth}); tiny model on "
+        f"{args.threads} torch thread(s); medians of {args.repeats} interleaved rounds"
     )
 
     torch.set_num_threads(args.threads)
@@ -132,10 +133,12 @@ def main(argv=None) -> int:
     model_dir = build_minilm_cross_encoder(work / "minilm-ce")
     ce = Reranker(f"ce:{model_dir}", device="cpu")
     st = CrossEncoder(str(model_dir), device="cpu", max_length=512)
-    pairs = list(zip(flat_q, flat_d))
+    nq = args.minilm_queries or len(queries)
+    pairs = [(q, x) for q, d in zip(queries[:nq], docs[:nq]) for x in d]
+    print(f"MiniLM-L6: {len(pairs)} pairs ({nq} queries), torch threads {torch.get_num_threads()}")
     med = rounds(
         {
-            "unirank": lambda: ce.rank_many(queries, docs),
+            "unirank": lambda: ce.rank_many(queries[:nq], docs[:nq]),
             "st": lambda: st.predict(pairs, batch_size=64, show_progress_bar=False),
         },
         args.minilm_repeats,
