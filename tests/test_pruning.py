@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from unirank.base import PointwiseRanker
-from unirank.strategies.pruning import TopKPruner, _second_round, _survivors, early_exit
+from unirank.methods.cross_encoder_exit import early_exit
+from unirank.strategies.pruning import TopKPruner, _second_round, _survivors
 from unirank.types import ScoreKind
 
 
@@ -190,7 +191,7 @@ def test_fitted_exit_head_is_the_ridge_fit_and_scores_linearly(make_tiny_bert, n
 
     from unirank import Reranker
     from unirank.backends import hf
-    from unirank.strategies.pruning import fit_exit_head
+    from unirank.methods.cross_encoder_exit import fit_exit_head
 
     path = make_tiny_bert("seqcls", num_labels=num_labels, seed=22)
     ce = Reranker(f"ce:{path}", device="cpu")
