@@ -4,6 +4,7 @@ loads (the model path in these configs does not exist: reaching the model would 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,15 @@ def test_docs_config_reference_covers_every_key_and_its_example_validates():
         "limit": 20,
         "exclude": [],
     }
+
+
+@pytest.mark.parametrize("name", ["train_cross_encoder.yaml", "train_cross_encoder_gpu.yaml"])
+def test_shipped_example_configs_validate(name):
+    """The example configs in ``examples/`` load and validate (every key known, the loss's needs met by a
+    teacher), and never train on the DL 2019 evaluation set."""
+    from unirank.train.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / name
+    cfg = load_config(path)
+    assert cfg.data["exclude_queries_of"] == ["trec-dl-2019"]
+    assert cfg.dev is not None
