@@ -191,7 +191,8 @@ def exit_head_stage(args) -> int:
 
     from unirank import Reranker
     from unirank.backends import hf
-    from unirank.strategies.pruning import TopKPruner, _exit_features, _survivors, early_exit, fit_exit_heads
+    from unirank.methods.cross_encoder_exit import _exit_features, early_exit, fit_exit_heads
+    from unirank.strategies.pruning import TopKPruner, _survivors
 
     torch.set_num_threads(2)
     path = Path(args.model) if args.model else build_minilm_ce(Path(tempfile.mkdtemp()) / "ce")
@@ -288,7 +289,8 @@ def main(argv=None) -> int:
     import torch
 
     from unirank import Reranker
-    from unirank.strategies.pruning import TopKPruner, _survivors, early_exit
+    from unirank.methods.cross_encoder_exit import early_exit
+    from unirank.strategies.pruning import TopKPruner, _survivors
 
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp())

@@ -43,14 +43,21 @@ from ..types import Document
 __all__ = ["TopKPruner"]
 
 # the early-exit cheap stage lives with the cross-encoder (it runs the engine; a strategy never does):
-# these names stay importable from here for existing code
+# the old import path still works for a while, with a DeprecationWarning
 _EXIT_NAMES = frozenset({"ExitHead", "early_exit", "fit_exit_head", "fit_exit_heads", "_exit_features"})
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXIT_NAMES:
         import importlib
+        import warnings
 
+        warnings.warn(
+            f"unirank.strategies.pruning.{name} moved to unirank.methods.cross_encoder_exit.{name}; "
+            "the old name will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(importlib.import_module("unirank.methods.cross_encoder_exit"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
