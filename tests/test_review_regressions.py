@@ -18,14 +18,20 @@ def embed():
 
 
 def test_failed_embedding_scores_nan_and_ranks_last(embed, monkeypatch):
-    orig = embed._forward
+    orig, orig_inputs = embed._forward, embed._forward_inputs
 
-    def flaky(batch, prompt_len=0):
+    def flaky(batch, prompt_len=0):  # the classic path (and the host pipeline's per-item fallback)
         if any(len(f["input_ids"]) > 40 for f in batch):
             raise RuntimeError("simulated bad document")
         return orig(batch, prompt_len)
 
+    def flaky_inputs(inputs, prompt_len=0):  # the host pipeline's padded-batch forward
+        if inputs["input_ids"].shape[1] > 40:
+            raise RuntimeError("simulated bad document")
+        return orig_inputs(inputs, prompt_len)
+
     monkeypatch.setattr(embed, "_forward", flaky)
+    monkeypatch.setattr(embed, "_forward_inputs", flaky_inputs)
     embed._cache.clear()
     res = embed.rank("what causes rain", ["Rain falls when vapour condenses.", "bad " * 60, "Stock futures"])
     assert res.ids[-1] == "1" and np.isnan(res.scores[-1]) and np.isfinite(res.scores[:2]).all()
