@@ -31,7 +31,6 @@ same spec and seed give the same groups.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -216,6 +215,7 @@ def read_triples(path: Any, *, limit: Any = None, where: str = "triples") -> lis
     (optionally ``"qid"``); the positive is document 0. A bad line raises EvalInputError naming file and line.
     """
     from ..eval._files import _bad, _lines
+    from ..eval.io import _json_line
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SpecError(f"{where}.limit: expected an integer >= 1, got {limit!r}")
@@ -225,12 +225,7 @@ def read_triples(path: Any, *, limit: Any = None, where: str = "triples") -> lis
     for fname, lineno, line in _lines(str(path)):
         if limit is not None and len(pools) >= limit:
             break
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _bad(fname, lineno, f"invalid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise _bad(fname, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        obj = _json_line(fname, lineno, line)
         query, positive = obj.get("query"), obj.get("positive")
         if not _text(query) or not _text(positive):
             raise _bad(fname, lineno, "a triple needs a non-empty string 'query' and 'positive'")
