@@ -64,3 +64,12 @@ def minilm_cross_encoder(tmp_path_factory) -> Path:
     from unirank.bench import build_minilm_cross_encoder
 
     return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm-ce"))
+
+
+@pytest.fixture(scope="module")
+def oracles():
+    """Plain ``Reranker``s for the specs the framework-integration tests check their components against."""
+    from _integration_data import SPECS
+    from unirank import Reranker
+
+    return {spec: Reranker(spec) for spec in SPECS}

