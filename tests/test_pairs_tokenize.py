@@ -191,3 +191,44 @@ def test_tokenizers_the_fast_path_cannot_prove_are_refused(minilm_path):
             return {"input_ids": [[1, 2, 3]] * len(a), "attention_mask": [[1, 1, 1]] * len(a)}
 
     assert pairs.pair_template(Lying(), 64) is None
+
+
+def test_own_backend_ignores_the_wrappers_state_and_is_thread_safe(minilm_path):
+    """The fast path encodes with a private copy of the Rust tokenizer: truncation / padding a caller left on
+    the wrapper's backend changes nothing, the wrapper's state is left as it was, and concurrent calls (the
+    feeder thread beside a caller's own tokenizer calls) give the same ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    tpl = pairs.pair_template(tok, 96)
+    assert tpl is not None and tpl.backend is not None
+    assert tpl.backend is not tok.backend_tokenizer
+    qs, ds = _random_pairs(600, seed=7)
+    ref = hf.tokenize(tok, qs, ds, 96)
+    tok.backend_tokenizer.enable_truncation(5)  # state another caller may leave behind
+    tok.backend_tokenizer.enable_padding(length=40)
+    got = pairs.tokenize_pairs(tok, tpl, qs, ds, 96)
+    assert [got.features(i) for i in range(len(qs))] == ref
+    assert tok.backend_tokenizer.truncation["max_length"] == 5  # untouched
+    tok.backend_tokenizer.no_truncation()
+    tok.backend_tokenizer.no_padding()
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: pairs.tokenize_pairs(tok, tpl, qs, ds, 96), range(8)))
+    for out in outs:
+        np.testing.assert_array_equal(
+            out.collate(range(len(qs)))["input_ids"], got.collate(range(len(qs)))["input_ids"]
+        )
+
+
+def test_encode_plain_equals_the_wrapper_without_special_tokens(family):
+    _, tok = family
+    tpl = pairs.pair_template(tok, 128)
+    texts = [t for pair in zip(*_random_pairs(300, seed=3)) for t in pair]
+    ids, lens = pairs.encode_plain(tok, texts, tpl.backend)
+    ref = tok(texts, add_special_tokens=False)["input_ids"]
+    assert lens.tolist() == [len(r) for r in ref]
+    assert ids.tolist() == [t for r in ref for t in r]
+    ids2, lens2 = pairs.encode_plain(tok, texts)  # no backend: the wrapper's call
+    assert ids2.tolist() == ids.tolist() and lens2.tolist() == lens.tolist()

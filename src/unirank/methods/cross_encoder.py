@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf, pairs
-from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, run_pipeline
+from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, queue_depth, run_pipeline
 from ..backends.padding import align_pad_token, is_decoder_only
 from ..base import PointwiseRanker
 from ..errors import SpecError
@@ -238,6 +238,7 @@ class CrossEncoderRanker(PointwiseRanker):
             qs, ts = [queries[i] for i in idx], [texts[i] for i in idx]
             return self._forward(hf.tokenize(self.tokenizer, qs, ts, self.max_length))
 
+        chunk = max(PIPELINE_CHUNK, 4 * self.batch_size)
         source = pair_batches(
             self.tokenizer,
             self.pair_template,
@@ -247,7 +248,7 @@ class CrossEncoderRanker(PointwiseRanker):
             max_tokens=self.max_tokens_per_batch,
             batch_size=self.batch_size,
             device=self.device,
-            chunk=max(PIPELINE_CHUNK, 4 * self.batch_size),
+            chunk=chunk,
         )
         return run_pipeline(
             source,
@@ -256,6 +257,7 @@ class CrossEncoderRanker(PointwiseRanker):
             fallback=fallback,
             show_progress=show_progress,
             desc=self.name,
+            depth=queue_depth(chunk, self.batch_size, self.max_tokens_per_batch),
         )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf
-from ..backends.feeder import accelerator_sizes, default_dtype, run_pipeline, text_batches
+from ..backends.feeder import accelerator_sizes, default_dtype, queue_depth, run_pipeline, text_batches
 from ..backends.padding import is_decoder_only
 from ..backends.pairs import tokenize_texts
 from ..base import PointwiseRanker
@@ -271,6 +271,7 @@ class EmbeddingRanker(PointwiseRanker):
             toks = tokenize_texts(self.tokenizer, [texts[i] for i in idx], limit, suffix_ids)
             return self._forward([toks.features(j) for j in range(len(idx))], plen)
 
+        chunk = max(2048, 4 * self.batch_size)
         source = text_batches(
             self.tokenizer,
             texts,
@@ -280,7 +281,7 @@ class EmbeddingRanker(PointwiseRanker):
             device=self.device,
             suffix_ids=suffix_ids,
             position_ids=self.decoder,
-            chunk=max(2048, 4 * self.batch_size),
+            chunk=chunk,
         )
         out = run_pipeline(
             source,
@@ -289,6 +290,7 @@ class EmbeddingRanker(PointwiseRanker):
             fallback=fallback,
             show_progress=show_progress,
             desc=f"encoding ({self.name})",
+            depth=queue_depth(chunk, self.batch_size, self.max_tokens_per_batch),
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
 
