@@ -139,6 +139,12 @@ def next_token_scores(
 
     share = getattr(engine, "share_prefix", False) and side == "left" and _accepts(engine, "logits_to_keep")
     groups = prefix_groups(prompts, engine) if share and _accepts(engine, "position_ids") else []
+    if getattr(engine, "pipeline", False):
+        from . import causal_feed
+
+        out = causal_feed.next_token_scores(engine, prompts, token_ids, log_softmax, groups)
+        _count(engine, [len(p) for p in prompts], completion=1)
+        return out
     rest = sorted(set(range(len(prompts))) - {i for _, idx in groups for i in idx})
     out: Any = None
     if rest:
@@ -269,6 +275,11 @@ def continuation_logprobs(
             out[row, :k] = logp[row, cols].gather(-1, targets[:, None])[:, 0].cpu().numpy()
         return out
 
-    rows = engine._run(feats, forward)
+    if getattr(engine, "pipeline", False):
+        from . import causal_feed
+
+        rows = causal_feed.continuation_logprobs(engine, prompts, continuations)
+    else:
+        rows = engine._run(feats, forward)
     _count(engine, [len(f["input_ids"]) for f in feats], completion=0)
     return [rows[i, : len(c)] for i, c in enumerate(continuations)]

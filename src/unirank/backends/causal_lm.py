@@ -12,8 +12,9 @@ A model is named by
 
 Engines are shared: :meth:`CausalLM.shared` returns one instance per (model, device, dtype, attention) in a
 process. Scoring prompts run as padded batches (left padding with position ids counted from each row's
-first real token, :mod:`unirank.backends.causal_batch`) through :func:`unirank.backends.hf.run_model`
-(token-budget batches, failure isolation). ``forward_calls``
+first real token, :mod:`unirank.backends.causal_batch`) on the host pipeline
+(:mod:`unirank.backends.causal_feed`: token-budget batches collated in numpy in a background thread,
+failure isolation, one device-to-host copy per call). ``forward_calls``
 counts model forwards, which lets tests check how many passes a method makes.
 
 >>> CausalLM.resolve_source("gemma3-270m")[1].endswith(".gguf")  # doctest: +SKIP
@@ -81,6 +82,10 @@ class CausalLM:
         padding_side: ``"left"`` (default) or ``"right"``; both exact (see :mod:`.causal_batch`).
         share_prefix: next-token scores of prompts that share a prefix (one query's pointwise prompts) run
             the prefix once and reuse its KV cache (:func:`.causal_batch.prefix_groups`); exact.
+        pipeline: prefill forwards (next-token scores, continuation likelihoods) on the host pipeline
+            (:mod:`.causal_feed`: numpy collation in a background thread, results copied back once per
+            call; default); ``False`` runs the same batches one after another with a copy after each, and
+            :meth:`encode_many` tokenises one text at a time. Scores are equal either way.
         cache_converted: save a converted GGUF model under :func:`cache_dir` (default ``True``).
         trust_remote_code, allow_pickle, revision: opt-ins as in :mod:`unirank.backends.hf`.
     """
@@ -98,6 +103,7 @@ class CausalLM:
         attn_implementation: str | None = None,
         padding_side: str = "left",
         share_prefix: bool = False,
+        pipeline: bool = True,
         cache_converted: bool = True,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
@@ -142,6 +148,7 @@ class CausalLM:
         self.max_length = hf.max_model_length(self.tokenizer, self.model.config, max_length)
         self.batch_size = batch_size
         self.padding_side, self.share_prefix = padding_side, bool(share_prefix)
+        self.pipeline = bool(pipeline)
         self.max_tokens_per_batch = max_tokens_per_batch or hf.default_token_budget(self.device)
         self.forward_calls = 0
         #: calls and tokens counted with the tokenizer, as a server would bill them: one call per prompt, one
@@ -212,6 +219,16 @@ class CausalLM:
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids of ``text`` (with the model's BOS when ``special``)."""
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def encode_many(self, texts: list[str], special: bool = True) -> list[list[int]]:
+        """Token ids of each text, equal to ``[self.encode(t, special) for t in texts]``, from ONE batched
+        tokenizer call (with ``pipeline=False``: one call per text)."""
+        if not self.pipeline:
+            return [self.encode(t, special) for t in texts]
+        if not texts:
+            return []
+        lean = {"return_attention_mask": False, "return_token_type_ids": False}
+        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=special, **lean)["input_ids"]]
 
     def token_id(self, word: str) -> int:
         """The first token of ``word`` (no special tokens); a label word should be one token."""

@@ -50,7 +50,8 @@ from ..base import PointwiseRanker, _aggregate
 from ..prompts import PointwisePrompt, cap_pieces, get_prompt
 from ..types import Document, ScoreKind
 from .llm_cost import LLMCostMixin
-from .llm_server import label_mass, pointwise_mass, record_mass
+from .llm_fit import encode_texts, fit_document, fit_text, fit_texts, truncate_texts
+from .llm_server import pointwise_mass, record_mass
 
 __all__ = ["LLMPointwiseRanker", "build_engine", "fit_document", "fit_text", "has_label", "label_logprob"]
 
@@ -87,38 +88,6 @@ def build_engine(model: Any, options: dict[str, Any]) -> Any:
 
 def is_local(engine: Any) -> bool:
     return hasattr(engine, "next_token_logprobs")
-
-
-def fit_document(engine: Any, render: Any, doc: str, reserve: int = 0, what: str = "prompt") -> list[int]:
-    """Token ids of ``render(doc)``, the document cut (token-accurately) so the prompt plus ``reserve`` tokens
-    fit the context. Raises ``ValueError`` naming the limit when not even an empty document fits."""
-    return fit_text(engine, render, doc, reserve, what)[1]
-
-
-def fit_text(
-    engine: Any, render: Any, doc: str, reserve: int = 0, what: str = "prompt"
-) -> tuple[str, list[int]]:
-    """:func:`fit_document` that also returns the document text kept (a server is sent ``render(text)``)."""
-    from ..text import truncate_tokens
-
-    limit = engine.max_length - reserve
-    ids = engine.encode(render(doc))
-    if len(ids) <= limit:
-        return doc, ids
-    overhead = len(engine.encode(render("")))
-    budget = limit - overhead
-    for _ in range(4):
-        if budget < 1:
-            raise ValueError(
-                f"the context limit of {engine.max_length} tokens is too small for this {what}: it needs "
-                f"{overhead + reserve} tokens before any document text"
-            )
-        kept = truncate_tokens(engine.tokenizer, doc, budget)
-        ids = engine.encode(render(kept))
-        if len(ids) <= limit:
-            return kept, ids
-        budget -= len(ids) - limit
-    raise ValueError(f"could not fit the document into {limit} tokens")
 
 
 def label_logprob(top: dict[str, float], label: str, prefix: str = " ") -> float:
@@ -256,14 +225,24 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
     def _piece_ids(self, query: str, doc: str) -> list[int]:
         """Token ids of a ``pieces`` prompt: each piece tokenized alone, BOS per ``prompt.bos``; the query's
         and the document's pieces cut to the prompt's caps and the context (:func:`cap_pieces`)."""
+        return self._pieces_many([query], [doc])[0]
+
+    def _pieces_many(self, queries: list[str], docs: list[str]) -> list[list[int]]:
+        """:meth:`_piece_ids` of many pairs, every piece of every pair tokenised in one batched call."""
         e, tok = self.engine, self.engine.tokenizer
-        ids = [e.encode(x, special=False) for x in self.prompt.render_pieces(query, doc)]
-        if self._suffix:
-            ids.append(e.encode(self._suffix, special=False))
+        rendered = [self.prompt.render_pieces(q, d) for q, d in zip(queries, docs)]
+        uniq = list(dict.fromkeys(x for r in rendered for x in r))  # template pieces, a query's pieces: once
+        ids_of = dict(zip(uniq, encode_texts(e, uniq, special=False)))
+        flat = [ids_of[x] for r in rendered for x in r]
+        suffix = [encode_texts(e, [self._suffix], special=False)[0]] if self._suffix else []
         bos = tok.bos_token_id
         head = [bos] if self.prompt.bos == "auto" and bos is not None and bos != tok.pad_token_id else []
-        ids = cap_pieces(self.prompt, ids, e.max_length, len(head))
-        return head + [t for x in ids for t in x]
+        out, at = [], 0
+        for r in rendered:
+            ids = cap_pieces(self.prompt, [*flat[at : at + len(r)], *suffix], e.max_length, len(head))
+            out.append(head + [t for x in ids for t in x])
+            at += len(r)
+        return out
 
     def _finish_labels(self, lp: np.ndarray) -> np.ndarray:
         if self.mode == "yesno" and self.score_by == "yes":
@@ -277,24 +256,29 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
     def _cut(self, text: str) -> str:
         """The document as the prompt holds it before the context fit: ``max_doc_tokens`` tokens where the
         engine has a tokenizer, else ``max_doc_words`` whitespace words (a server without ``tokenizer=``)."""
-        from ..text import truncate_tokens
+        return self._cut_many([text])[0]
 
+    def _cut_many(self, texts: list[str]) -> list[str]:
         if self.same_prompt:
-            return (
-                text
-                if self.max_doc_tokens is None
-                else truncate_tokens(self.engine.tokenizer, text, self.max_doc_tokens)
-            )
-        words = text.split()
-        return " ".join(words[: self.max_doc_words]) if len(words) > self.max_doc_words else text
+            if self.max_doc_tokens is None:
+                return list(texts)
+            return truncate_texts(self.engine.tokenizer, texts, self.max_doc_tokens)
+        n = self.max_doc_words
+        return [" ".join(t.split()[:n]) if len(t.split()) > n else t for t in texts]
 
     def fit(self, render: Any, text: str, reserve: int = 0) -> tuple[str, list[int]]:
         """The document text a prompt holds and the prompt's token ids (``[]`` on a server whose context is
         unknown): :meth:`_cut`, then cut further until ``render(doc)`` plus ``reserve`` fits the context."""
-        doc = self._cut(text)
+        return self.fit_many([render], [text], [reserve])[0]
+
+    def fit_many(
+        self, renders: list[Any], texts: list[str], reserves: list[int] | None = None
+    ) -> list[tuple[str, list[int]]]:
+        """:meth:`fit` of many prompts: the cuts and the prompts' tokens each from one batched call."""
+        docs = self._cut_many(texts)
         if not self.same_prompt or getattr(self.engine, "max_length", None) is None:
-            return doc, []
-        return fit_text(self.engine, render, doc, reserve)
+            return [(d, []) for d in docs]
+        return fit_texts(self.engine, renders, docs, reserves)
 
     # -- local --------------------------------------------------------------------------------------------
     def _score_pairs(self, queries: list[str], texts: list[str], show_progress: bool = False) -> np.ndarray:
@@ -305,24 +289,33 @@ class LLMPointwiseRanker(LLMCostMixin, PointwiseRanker):
         if self.reasoner is not None:
             return self.reasoner.score_pairs(queries, texts)
         if self.mode == "likelihood":
-            prompts, conts = [], []
-            for q, t in zip(queries, texts):
-                cont = self.engine.encode(self.prompt.continuation.format(query=q), special=False)
-                prompts.append(self.fit(lambda d: self.prompt.template.format(document=d), t, len(cont))[1])
-                conts.append(cont)
+            uniq = list(dict.fromkeys(queries))
+            cont_of = dict(
+                zip(
+                    uniq,
+                    encode_texts(
+                        self.engine, [self.prompt.continuation.format(query=q) for q in uniq], special=False
+                    ),
+                )
+            )
+            conts = [cont_of[q] for q in queries]
+            render = self.prompt.template.format
+            fitted = self.fit_many(
+                [lambda d: render(document=d)] * len(texts), texts, [len(c) for c in conts]
+            )
+            prompts = [ids for _, ids in fitted]
             return np.array([float(np.mean(x)) for x in self.engine.continuation_logprobs(prompts, conts)])
         if self.prompt.pieces:
-            prompts = [self._piece_ids(q, t) for q, t in zip(queries, texts)]
+            prompts = self._pieces_many(queries, texts)
         else:
-            prompts = [
-                self.fit(lambda d, q=q: self.prompt.render(q, d) + self._suffix, t)[1]
-                for q, t in zip(queries, texts)
-            ]
+            renders = [lambda d, q=q: self.prompt.render(q, d) + self._suffix for q in queries]
+            prompts = [ids for _, ids in self.fit_many(renders, texts)]
         if self.score_by == "yes":
             return self._finish_labels(self.engine.next_token_logits(prompts, self._label_ids))
         lp = self.engine.next_token_logprobs(prompts, self._label_ids)
-        for row in lp:
-            record_mass(self.stats, label_mass(row), self.name)
+        finite = np.isfinite(lp)
+        for mass in np.where(finite, np.exp(np.where(finite, lp, 0.0)), 0.0).sum(1).tolist():
+            record_mass(self.stats, mass, self.name)  # label_mass of each row
         return self._finish_labels(lp)
 
     # -- server -------------------------------------------------------------------------------------------
