@@ -162,6 +162,12 @@ class CrossEncoderRanker(PointwiseRanker):
         self.pair_template = None
         if self._onnx is None and not self.decoder:
             self.pair_template = pairs.pair_template(self.tokenizer, self.max_length)
+        # the padding mask handed over as the 4-D form the attention takes (verified on a probe batch)
+        self.mask_form: str | None = None
+        if self._onnx is None and not self.decoder:
+            from ..backends import masks
+
+            self.mask_form = masks.verify(self.model, self.tokenizer, self.device)
 
     def _label_index(self, label: int | str | None) -> int:
         if self.num_labels == 1:
@@ -203,6 +209,10 @@ class CrossEncoderRanker(PointwiseRanker):
     def _forward_inputs(self, inputs: dict[str, Any]) -> Any:
         """Scores of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        if self.mask_form is not None:
+            from ..backends.masks import expand
+
+            inputs["attention_mask"] = expand(inputs["attention_mask"], self.mask_form, self.model.dtype)
         return self._score_tensor(self.model(**inputs).logits)
 
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:

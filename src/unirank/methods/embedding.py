@@ -18,6 +18,8 @@ import numpy as np
 
 from ..backends import hf
 from ..backends.feeder import accelerator_sizes, default_dtype, queue_depth, run_pipeline, text_batches
+from ..backends.masks import expand as expand_mask
+from ..backends.masks import verify as verify_mask
 from ..backends.padding import is_decoder_only
 from ..backends.pairs import tokenize_texts
 from ..base import PointwiseRanker
@@ -156,6 +158,8 @@ class EmbeddingRanker(PointwiseRanker):
         )
         self.dense = [_load_dense(p, self.device) for p in self.layout["dense"]]
         self.decoder = is_decoder_only(self.model.config)  # left-padded batches get position ids
+        # the padding mask handed over as the 4-D form the attention takes (verified on a probe batch)
+        self.mask_form = None if self.decoder else verify_mask(self.model, self.tokenizer, self.device, False)
         self.max_length = hf.max_model_length(
             self.tokenizer, self.model.config, max_length or self.layout["max_seq_length"]
         )
@@ -210,8 +214,11 @@ class EmbeddingRanker(PointwiseRanker):
     def _forward_inputs(self, inputs: dict[str, Any], prompt_len: int = 0) -> Any:
         """Embeddings of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        mask = inputs["attention_mask"]
+        if self.mask_form is not None:
+            inputs["attention_mask"] = expand_mask(mask, self.mask_form, self.model.dtype)
         hidden = self.model(**inputs).last_hidden_state.float()
-        return self._embed(hidden, inputs["attention_mask"], prompt_len)
+        return self._embed(hidden, mask, prompt_len)
 
     def _embed(self, hidden: Any, attention_mask: Any, prompt_len: int) -> Any:
         torch, _ = hf.torch_modules()
