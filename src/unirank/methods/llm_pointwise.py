@@ -62,7 +62,7 @@ _SERVER_OPTIONS += ("headers", "transport", "check_model", "tokenizer", "log_pat
 _SERVER_OPTIONS += ("enable_thinking", "reasoning_effort")
 _LOCAL_OPTIONS = ("gguf_file", "device", "dtype", "max_length", "batch_size", "max_tokens_per_batch")
 _LOCAL_OPTIONS += ("trust_remote_code", "allow_pickle", "revision", "cache_converted", "attn_implementation")
-_LOCAL_OPTIONS += ("padding_side", "share_prefix")
+_LOCAL_OPTIONS += ("padding_side", "share_prefix", "pipeline")
 
 
 def build_engine(model: Any, options: dict[str, Any]) -> Any:
