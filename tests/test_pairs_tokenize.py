@@ -232,3 +232,31 @@ def test_encode_plain_equals_the_wrapper_without_special_tokens(family):
     assert ids.tolist() == [t for r in ref for t in r]
     ids2, lens2 = pairs.encode_plain(tok, texts)  # no backend: the wrapper's call
     assert ids2.tolist() == ids.tolist() and lens2.tolist() == lens.tolist()
+
+
+@pytest.mark.parametrize("max_length", [12, 40, 128])
+def test_single_texts_equal_the_tokenizer_with_and_without_a_suffix(family, max_length):
+    """unirank.backends.texts: the proven template path equals hf.tokenize (and the classic path), with E2Rank
+    style suffix ids appended only to rows that do not end with them."""
+    from unirank.backends import texts
+
+    _, tok = family
+    tpl = texts.text_template(tok, max_length)
+    assert tpl is not None and tpl.backend is not None
+    qs, ds = _random_pairs(500, seed=max_length + 1)
+    items = ds[:400] + qs[:100] + ["x " * 5000, ""]
+    ref = hf.tokenize(tok, items, None, max_length)
+    got = texts.tokenize_texts(tok, items, max_length, template=tpl)
+    assert [got.features(i) for i in range(len(items))] == [{k: r[k] for k in tpl.keys} for r in ref]
+    assert sum(len(r["input_ids"]) == max_length for r in ref) > 20  # truncation really exercised
+    suffix = tuple(ref[0]["input_ids"][-2:])  # some rows already end with it (never twice), others get it
+    fast = texts.tokenize_texts(tok, items, max_length - 2, suffix, template=tpl)
+    slow = texts.tokenize_texts(tok, items, max_length - 2, suffix)
+    base = hf.tokenize(tok, items, None, max_length - 2)
+    ended = 0
+    for i, r in enumerate(base):
+        ends = tuple(r["input_ids"][-2:]) == suffix
+        ended += ends
+        want = r["input_ids"] if ends else r["input_ids"] + list(suffix)
+        assert fast.features(i)["input_ids"] == want == slow.features(i)["input_ids"]
+    assert 0 < ended < len(items)

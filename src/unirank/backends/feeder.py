@@ -183,17 +183,18 @@ def text_batches(
     position_ids: bool = False,
     chunk: int = 2048,
     first_chunk: int = 512,
+    template: Any = None,
 ) -> Iterator[Prepared]:
-    """:func:`pair_batches` for single texts (:func:`unirank.backends.pairs.tokenize_texts`), padded on the
-    tokenizer's side (left-padded rows get position ids when ``position_ids``)."""
+    """:func:`pair_batches` for single texts (:func:`unirank.backends.texts.tokenize_texts`, on ``template``
+    when given), padded on the tokenizer's side (left-padded rows get position ids when ``position_ids``)."""
     from ..batching import token_budget_batches
-    from .pairs import tokenize_texts
+    from .texts import tokenize_texts
 
     left = getattr(tokenizer, "padding_side", "right") == "left"
     start = 0
     while start < len(texts):
         stop = min(start + (first_chunk if start == 0 else chunk), len(texts))
-        toks = tokenize_texts(tokenizer, texts[start:stop], max_length, suffix_ids)
+        toks = tokenize_texts(tokenizer, texts[start:stop], max_length, suffix_ids, template)
         for batch in token_budget_batches(toks.lengths, max_tokens=max_tokens, max_batch_size=batch_size):
             arrays = toks.collate(batch, left=left, position_ids=position_ids)
             yield Prepared(np.asarray(batch, dtype=np.int64) + start, to_tensors(arrays, device))

@@ -43,7 +43,6 @@ __all__ = [
     "longest_first",
     "pair_template",
     "tokenize_pairs",
-    "tokenize_texts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -290,44 +289,6 @@ def tokenize_pairs(
         src[i] = (lit_start[k], 0, 0, 0, 0)
         lens[i] = (len(literal[k]), 0, 0, 0, 0)
     return PairTokens(ids, types, src, lens, tpl.keys, tpl.pad_id)
-
-
-def tokenize_texts(
-    tokenizer: Any, texts: Sequence[str], max_length: int, suffix_ids: tuple[int, ...] = ()
-) -> PairTokens:
-    """Tokenise single texts with special tokens, equal to ``hf.tokenize(tokenizer, texts, None,
-    max_length)``, plus ``suffix_ids`` appended to every text that does not already end with them."""
-    import itertools
-
-    from ..text import safe_prefix
-    from .hf import tokenize
-
-    cut = [safe_prefix(t, max_length) for t in texts]
-    enc = tokenizer(cut, truncation="longest_first", max_length=max_length, padding=False)
-    keys = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc)
-    toks = list(enc["input_ids"])
-    types = list(enc["token_type_ids"]) if "token_type_ids" in keys else None
-    for i, (c, t) in enumerate(zip(cut, texts)):
-        if c is not t and len(toks[i]) < max_length:  # the cut came out short: tokenise in full, as hf does
-            f = tokenize(tokenizer, [t], None, max_length)[0]
-            toks[i] = f["input_ids"]
-            if types is not None:
-                types[i] = f["token_type_ids"]
-    n, k = len(toks), len(suffix_ids)
-    sizes = np.fromiter(map(len, toks), dtype=np.int64, count=n)
-    starts = k + np.cumsum(sizes) - sizes
-    ids = np.fromiter(itertools.chain(suffix_ids, *toks), dtype=np.int64, count=k + int(sizes.sum()))
-    pool_types = np.zeros_like(ids)
-    if types is not None and n:
-        pool_types[k:] = np.fromiter(itertools.chain(*types), dtype=np.int64, count=int(sizes.sum()))
-    src = np.zeros((n, 2), dtype=np.int64)
-    lens = np.zeros((n, 2), dtype=np.int64)
-    src[:, 0], lens[:, 0] = starts, sizes
-    if k:
-        ends = [tuple(t[-k:]) != tuple(suffix_ids) for t in toks]
-        lens[:, 1] = np.where(np.array(ends, dtype=bool), k, 0)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return PairTokens(ids, pool_types, src, lens, keys, 0 if pad is None else int(pad))
 
 
 def _find(seq: list[int], part: list[int], start: int) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,69 +20,15 @@ from ..backends.feeder import accelerator_sizes, default_dtype, queue_depth, run
 from ..backends.masks import expand as expand_mask
 from ..backends.masks import verify as verify_mask
 from ..backends.padding import is_decoder_only
-from ..backends.pairs import tokenize_texts
+from ..backends.texts import text_template, tokenize_texts
 from ..base import PointwiseRanker
 from ..errors import SpecError
 from ..types import ScoreKind
+from ._st_layout import _load_dense, _pool, read_st_layout
 
 __all__ = ["EmbeddingRanker"]
 
 logger = logging.getLogger(__name__)
-
-_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "lasttoken",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-}
-POOLING_MODES = frozenset(_POOLING_KEYS.values())
-
-
-def read_st_layout(path: Path) -> dict[str, Any]:
-    """The parts of a sentence-transformers folder that decide the embedding (all optional)."""
-    modules = hf.read_json(path / "modules.json").get("_") or []
-    layout: dict[str, Any] = {
-        "transformer": path,
-        "pooling": "mean",
-        "include_prompt": True,
-        "dense": [],
-        "normalize": False,
-        "st": bool(modules),
-    }
-    for mod in modules:
-        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
-        sub = path / mod.get("path", "")
-        if kind == "Transformer":
-            layout["transformer"] = sub
-        elif kind == "Pooling":
-            cfg = hf.read_json(sub / "config.json")
-            modes = [v for k, v in _POOLING_KEYS.items() if cfg.get(k)] or [cfg.get("pooling_mode", "mean")]
-            if len(modes) != 1:
-                raise SpecError(f"{path}: concatenated pooling modes {modes} are not supported")
-            mode = str(modes[0]).removeprefix("pooling_mode_").removesuffix("_tokens").replace("_token", "")
-            mode = {"mean_sqrt_len": "mean_sqrt_len", "weighted_mean": "weightedmean"}.get(mode, mode)
-            if mode not in POOLING_MODES:
-                supported = sorted(POOLING_MODES)
-                raise SpecError(f"{path}: pooling mode {modes[0]!r} is not supported ({supported})")
-            layout["pooling"] = mode
-            layout["include_prompt"] = bool(cfg.get("include_prompt", True))
-        elif kind == "Dense":
-            layout["dense"].append(sub)
-        elif kind == "Normalize":
-            layout["normalize"] = True
-        else:
-            raise SpecError(f"{path}: sentence-transformers module {mod.get('type')!r} is not supported")
-    if not modules:
-        layout["normalize"] = True
-    st_cfg = hf.read_json(path / "config_sentence_transformers.json")
-    layout["prompts"] = st_cfg.get("prompts") or {}
-    layout["similarity"] = st_cfg.get("similarity_fn_name") or "cosine"
-    bert_cfg = hf.read_json(layout["transformer"] / "sentence_bert_config.json")
-    layout["max_seq_length"] = bert_cfg.get("max_seq_length")
-    layout["do_lower_case"] = bool(bert_cfg.get("do_lower_case", False))
-    return layout
 
 
 class EmbeddingRanker(PointwiseRanker):
@@ -273,9 +218,12 @@ class EmbeddingRanker(PointwiseRanker):
         """:meth:`encode` on the host pipeline (:mod:`unirank.backends.feeder`): tokenised and padded in the
         background, embeddings kept on the device and copied back once."""
         plen, limit = self._prompt_length(prompt), self.max_length - len(suffix_ids)
+        if "_text_template" not in self.__dict__:  # proven once per ranker (None: the tokenizer's own call)
+            self._text_template = text_template(self.tokenizer, self.max_length)
+        template = self._text_template
 
         def fallback(idx: list[int]) -> np.ndarray:  # one by one through the classic forward
-            toks = tokenize_texts(self.tokenizer, [texts[i] for i in idx], limit, suffix_ids)
+            toks = tokenize_texts(self.tokenizer, [texts[i] for i in idx], limit, suffix_ids, template)
             return self._forward([toks.features(j) for j in range(len(idx))], plen)
 
         chunk = max(2048, 4 * self.batch_size)
@@ -289,6 +237,7 @@ class EmbeddingRanker(PointwiseRanker):
             suffix_ids=suffix_ids,
             position_ids=self.decoder,
             chunk=chunk,
+            template=template,
         )
         out = run_pipeline(
             source,
@@ -358,42 +307,3 @@ def cosine_from_dots(dots: np.ndarray, norms: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.clip(np.where(norms > 0, dots / np.maximum(norms, 1e-12), 0.0), -1.0, 1.0)
     return np.where(np.isnan(norms) | np.isnan(dots), np.nan, cos)
-
-
-def _pool(torch: Any, hidden: Any, mask: Any, mode: str, left_padded: bool) -> Any:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "cls":
-        return hidden[:, 0]
-    if mode in ("mean", "mean_sqrt_len"):
-        total = (hidden * m).sum(1)
-        count = m.sum(1).clamp(min=1e-9)
-        return total / (count if mode == "mean" else count.sqrt())
-    if mode == "weightedmean":  # position-weighted mean (weights 1..L), as sentence-transformers computes it
-        w = m * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)[None, :, None]
-        return (hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)
-    if mode == "max":
-        return hidden.masked_fill(m == 0, float("-inf")).max(1).values
-    if mode == "lasttoken":
-        if left_padded:
-            return hidden[:, -1]
-        last = mask.sum(1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.clamp(min=0)]
-    raise SpecError(f"pooling mode {mode!r} is not supported")
-
-
-def _load_dense(path: Path, device: str) -> Any:
-    torch, _ = hf.torch_modules()
-    cfg = hf.read_json(path / "config.json")
-    layer = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise SpecError(f"{path}: Dense layer without model.safetensors weights is not supported")
-    from safetensors.torch import load_file
-
-    state = {k.removeprefix("linear."): v for k, v in load_file(str(weights)).items()}
-    layer.load_state_dict(state)
-    act_name = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity")).rsplit(".", 1)[-1]
-    act = getattr(torch.nn, act_name, None)
-    if act is None:
-        raise SpecError(f"{path}: activation {act_name!r} is not supported")
-    return torch.nn.Sequential(layer, act()).to(device).eval()
