@@ -307,3 +307,39 @@ def test_pointwise_rank_many_tokenises_in_batches_with_equal_scores(tiny_causal_
         assert calls["old"] >= n_pairs  # at least one call per prompt
         if context == 512:
             assert calls["new"] <= 3  # the document cut, the prompts (the continuations): one call each
+
+
+@pytest.mark.parametrize("context", [512, 290, 250, 230])
+def test_first_window_prompts_equal_one_window_at_a_time(tiny_causal_lm, context):
+    """FIRST's prompts of a strategy round: one tokenizer call per kind of text instead of ~window_size + 2
+    per window, the same token ids (a window over the context goes through ``local_prompt``'s loop; one
+    that cannot fit raises as before)."""
+    from unirank.methods.llm_fit import window_prompts
+    from unirank.methods.llm_listwise import FirstWindow
+    from unirank.types import Document
+
+    engine = CausalLM(tiny_causal_lm, max_length=context)
+    win = FirstWindow(engine, window_size=7, max_doc_tokens=20)
+    windows = [[Document(t) for t in docs[:n]] for docs, n in zip(DOCS * 2, (7, 3, 5, 6, 2, 4))]
+    queries = QUERIES * 2
+    want, errors = [], []
+    for q, w in zip(queries, windows):
+        try:
+            want.append(win.local_prompt(q, w, 1, "["))
+        except ValueError as exc:  # the prompt needs more than the context before any document text
+            want.append(None)
+            errors.append(str(exc))
+    if errors:
+        with pytest.raises(ValueError) as info:
+            window_prompts(win, queries, windows, 1, "[")
+        assert str(info.value) == errors[0]
+    keep = [i for i, x in enumerate(want) if x is not None]
+    assert keep
+    engine.tokenizer = counter = _Counting(engine.tokenizer)
+    got = window_prompts(win, [queries[i] for i in keep], [windows[i] for i in keep], 1, "[")
+    assert got == [want[i] for i in keep] and all(len(x) <= context - 1 for x in got)
+    print(
+        f"context={context}: {counter.calls} tokenizer calls for {len(keep)} windows; {len(errors)} refused"
+    )
+    if context == 512:
+        assert counter.calls == 3  # the empty prompts, the documents (one budget), the prompts

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["encode_texts", "fit_document", "fit_text", "fit_texts", "truncate_texts"]
+__all__ = ["encode_texts", "fit_document", "fit_text", "fit_texts", "truncate_texts", "window_prompts"]
 
 
 def encode_texts(engine: Any, texts: Sequence[str], special: bool = True) -> list[list[int]]:
@@ -117,4 +117,47 @@ def truncate_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> lis
             out.append(truncate_tokens(tokenizer, t, max_tokens))
             continue
         out.append(t[: _cut_end(p, offsets, enc.word_ids(i), max_tokens)])
+    return out
+
+
+def window_prompts(
+    window: Any, queries: Sequence[str], windows: Sequence[Sequence[Any]], reserve: int, prefix: str
+) -> list[list[int]]:
+    """``[window.local_prompt(q, docs, reserve, prefix) ...]`` (a listwise window ranker's prompts on a local
+    engine, :class:`unirank.methods.llm_listwise._Window`) with the tokenizer called once for all the
+    windows' empty prompts, once per document budget for the cut documents, and once for the prompts; a
+    window whose prompt is over the context goes through ``local_prompt``'s own loop."""
+    from ..prompts import identifiers, messages_to_text, render_listwise
+
+    e, tok = window.engine, window.engine.tokenizer
+    limit = e.max_length - reserve
+
+    def text(q: str, passages: list[str]) -> str:
+        labels = identifiers(len(passages), window.style)
+        return messages_to_text(render_listwise(window.prompt, q, passages, labels), tok, prefix)
+
+    overhead = encode_texts(e, [text(q, [""] * len(w)) for q, w in zip(queries, windows)])
+    budgets = [
+        min(window.max_doc_tokens, (limit - len(o)) // max(len(w), 1)) for o, w in zip(overhead, windows)
+    ]
+    cut: dict[int, list[str]] = {}
+    for b in sorted({b for b in budgets if b >= 1}):
+        texts = [d.text for w, bw in zip(windows, budgets) if bw == b for d in w]
+        cut[b] = truncate_texts(tok, texts, b)
+    at = dict.fromkeys(cut, 0)
+    first: list[str | None] = []
+    for q, w, b in zip(queries, windows, budgets):
+        if b < 1:
+            first.append(None)
+            continue
+        first.append(text(q, cut[b][at[b] : at[b] + len(w)]))
+        at[b] += len(w)
+    ids = encode_texts(e, [t for t in first if t is not None])
+    out, k = [], 0
+    for q, w, t in zip(queries, windows, first):
+        x = ids[k] if t is not None else None
+        k += t is not None
+        out.append(
+            x if x is not None and len(x) <= limit else window.local_prompt(q, list(w), reserve, prefix)
+        )
     return out

@@ -29,6 +29,7 @@ from ..base import Capabilities, Ranker
 from ..prompts import ListwisePrompt, get_prompt, identifiers, messages_to_text, render_listwise
 from ..types import Document, ScoreKind
 from .llm_cost import LLMCostMixin
+from .llm_fit import window_prompts
 from .llm_pointwise import build_engine, is_local
 from .llm_server import label_mass, record_mass, server_text, trace_warning
 
@@ -277,7 +278,7 @@ class FirstWindow(_Window):
 
     def _rank_windows_local(self, queries: list[str], windows: list[list[Document]]) -> list[list[int]]:
         todo = [i for i, w in enumerate(windows) if len(w) > 1]
-        prompts = [self.local_prompt(queries[i], windows[i], 1, "[") for i in todo]
+        prompts = window_prompts(self, [queries[i] for i in todo], [windows[i] for i in todo], 1, "[")
         n = max((len(windows[i]) for i in todo), default=0)
         labels = [self.engine.token_id(x) for x in identifiers(n, "alpha")]
         lps = self.engine.next_token_logprobs(prompts, labels) if todo else []
