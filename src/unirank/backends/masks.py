@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["FORMS", "expand", "verify"]
+__all__ = ["FORMS", "device_inputs", "expand", "verify"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,32 @@ def expand(mask: Any, form: str, dtype: Any = None) -> Any:
         return keep
     dtype = dtype or torch.float32
     return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def device_inputs(
+    inputs: dict[str, Any], device: Any, form: str | None, dtype: Any = None
+) -> tuple[dict[str, Any], Any]:
+    """A host batch moved to ``device`` (non-blocking), its padding mask expanded to ``form`` first when given
+    (on the host: no device synchronisation; pinned for CUDA so the copy stays asynchronous). Returns the
+    model's inputs and the 2-D mask on the device (pooling needs it).
+
+    >>> import torch
+    >>> x, m = device_inputs({"input_ids": torch.ones(1, 2, dtype=torch.long),
+    ...                       "attention_mask": torch.tensor([[1, 0]])}, "cpu", "bool")
+    >>> x["attention_mask"].shape, m.tolist()
+    (torch.Size([1, 1, 1, 2]), [[1, 0]])
+    """
+    host = dict(inputs)
+    if form is not None:
+        wide = expand(host["attention_mask"], form, dtype)
+        if wide is not None and str(device).startswith("cuda"):  # pragma: no cover - no GPU in CI
+            wide = wide.pin_memory()
+        host["mask4d"] = wide
+    moved = {k: v.to(device, non_blocking=True) for k, v in host.items() if v is not None}
+    mask = moved["attention_mask"]
+    if form is not None:
+        moved["attention_mask"] = moved.pop("mask4d", None)
+    return moved, mask
 
 
 def _first_output(out: Any) -> Any:

@@ -208,11 +208,9 @@ class CrossEncoderRanker(PointwiseRanker):
 
     def _forward_inputs(self, inputs: dict[str, Any]) -> Any:
         """Scores of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-        if self.mask_form is not None:
-            from ..backends.masks import expand
+        from ..backends.masks import device_inputs
 
-            inputs["attention_mask"] = expand(inputs["attention_mask"], self.mask_form, self.model.dtype)
+        inputs, _ = device_inputs(inputs, self.device, self.mask_form, self.model.dtype)
         return self._score_tensor(self.model(**inputs).logits)
 
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backends import hf
 from ..backends.feeder import accelerator_sizes, default_dtype, queue_depth, run_pipeline, text_batches
-from ..backends.masks import expand as expand_mask
+from ..backends.masks import device_inputs
 from ..backends.masks import verify as verify_mask
 from ..backends.padding import is_decoder_only
 from ..backends.texts import text_template, tokenize_texts
@@ -158,10 +158,7 @@ class EmbeddingRanker(PointwiseRanker):
 
     def _forward_inputs(self, inputs: dict[str, Any], prompt_len: int = 0) -> Any:
         """Embeddings of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-        mask = inputs["attention_mask"]
-        if self.mask_form is not None:
-            inputs["attention_mask"] = expand_mask(mask, self.mask_form, self.model.dtype)
+        inputs, mask = device_inputs(inputs, self.device, self.mask_form, self.model.dtype)
         hidden = self.model(**inputs).last_hidden_state.float()
         return self._embed(hidden, mask, prompt_len)
 
