@@ -186,9 +186,11 @@ def next_token_scores(
             if not pos_ok:
                 del model_in["position_ids"]
             engine.forward_calls += 1
-            pick = inputs["_pick"].to(dev)
+            pick = inputs["_pick"].to(dev, non_blocking=True)
             if keep_ok:
-                logits = engine.model(**model_in, logits_to_keep=inputs["_cols"].to(dev)).logits
+                logits = engine.model(
+                    **model_in, logits_to_keep=inputs["_cols"].to(dev, non_blocking=True)
+                ).logits
             else:
                 logits = engine.model(**model_in).logits
             rows = logits[torch.arange(len(pick), device=dev), pick]
@@ -317,12 +319,16 @@ def continuation_logprobs(
             del model_in["position_ids"]
         engine.forward_calls += 1
         if keep_ok:
-            logits = engine.model(**model_in, logits_to_keep=inputs["_cols"].to(dev)).logits
+            logits = engine.model(
+                **model_in, logits_to_keep=inputs["_cols"].to(dev, non_blocking=True)
+            ).logits
         else:
             logits = engine.model(**model_in).logits
         logp = logits.float().log_softmax(-1)
-        row, j = inputs["_row"].to(dev), inputs["_j"].to(dev)
-        vals = logp[row, inputs["_at"].to(dev), inputs["_target"].to(dev)]
+        row, j = inputs["_row"].to(dev, non_blocking=True), inputs["_j"].to(dev, non_blocking=True)
+        vals = logp[
+            row, inputs["_at"].to(dev, non_blocking=True), inputs["_target"].to(dev, non_blocking=True)
+        ]
         out = torch.full((model_in["input_ids"].shape[0], width_c), float("nan"), device=dev)
         out[row, j] = vals
         return out
