@@ -12,7 +12,9 @@ only:
 
 With no pad token the padding id is the EOS (or 0): it is never attended to, so its value does not matter.
 Batched scores equal one-prompt-at-a-time scores to float rounding (``tests/test_llm_batched.py`` checks
-1e-4 on Llama-, Qwen- and Gemma-style models, both sides, with and without a pad token).
+1e-4 on Llama-, Qwen- and Gemma-style models, both sides, with and without a pad token). With
+``engine.pipeline`` on (the default) the same batches run on the host pipeline
+(:mod:`unirank.backends.causal_feed`); off, one after another here, with a device-to-host copy after each.
 
 >>> collate_ids([[5, 6, 7], [8]], pad_id=0, side="left")["position_ids"].tolist()
 [[0, 1, 2], [0, 0, 0]]
