@@ -243,6 +243,10 @@ def test_encode_many_equals_one_call_per_text(tiny_causal_lm, tmp_path, style):
         want = [engine.encode(t, special) for t in TEXTS]
         assert engine.encode_many(TEXTS, special) == want
         assert any(want)
+    assert engine._own_backend() is not None  # the Rust tokenizer copy was proven and used
+    engine.pipeline = False  # one call per text: the same
+    assert engine.encode_many(TEXTS) == [engine.encode(t) for t in TEXTS]
+    engine.pipeline = True
     bos = engine.tokenizer.bos_token_id
     assert (engine.encode_many(["x"])[0][:1] == [bos]) == (style != "qwen")
     assert engine.encode_many([]) == []
@@ -297,6 +301,7 @@ def test_pointwise_rank_many_tokenises_in_batches_with_equal_scores(tiny_causal_
         scores, calls = {}, {}
         for key, engine in (("new", new), ("old", old)):
             r = Reranker("llm-pointwise", engine=engine, **options)
+            engine.encode_many(["warm-up"])  # the fast path's one-time proof on probe texts
             engine.tokenizer = counter = _Counting(engine.tokenizer)
             res = r.rank_many(QUERIES, DOCS)
             scores[key] = np.array([[x.score for x in sorted(one, key=lambda x: x.index)] for one in res])
@@ -306,7 +311,7 @@ def test_pointwise_rank_many_tokenises_in_batches_with_equal_scores(tiny_causal_
         assert np.isfinite(scores["new"]).all()
         assert calls["old"] >= n_pairs  # at least one call per prompt
         if context == 512:
-            assert calls["new"] <= 3  # the document cut, the prompts (the continuations): one call each
+            assert calls["new"] <= 1  # the document cut (prompts, continuations: the Rust tokenizer copy)
 
 
 @pytest.mark.parametrize("context", [512, 290, 250, 230])
@@ -335,6 +340,7 @@ def test_first_window_prompts_equal_one_window_at_a_time(tiny_causal_lm, context
         assert str(info.value) == errors[0]
     keep = [i for i, x in enumerate(want) if x is not None]
     assert keep
+    engine.encode_many(["warm-up"])
     engine.tokenizer = counter = _Counting(engine.tokenizer)
     got = window_prompts(win, [queries[i] for i in keep], [windows[i] for i in keep], 1, "[")
     assert got == [want[i] for i in keep] and all(len(x) <= context - 1 for x in got)
@@ -342,4 +348,23 @@ def test_first_window_prompts_equal_one_window_at_a_time(tiny_causal_lm, context
         f"context={context}: {counter.calls} tokenizer calls for {len(keep)} windows; {len(errors)} refused"
     )
     if context == 512:
-        assert counter.calls == 3  # the empty prompts, the documents (one budget), the prompts
+        assert counter.calls == 1  # the documents (one budget); the prompts: the Rust tokenizer copy
+
+
+def test_encode_many_keeps_the_tokenizer_call_when_its_copy_differs(tiny_causal_lm):
+    """A tokenizer whose Python call does more than its Rust backend (here: it appends text) fails the
+    probe proof, and ``encode_many`` uses the tokenizer's own batched call: still equal to ``encode``."""
+
+    class Appending(_Counting):
+        def __call__(self, text, **kwargs):
+            self.calls += 1
+            more = [t + " rain" for t in text] if isinstance(text, list) else text + " rain"
+            return self.tok(more, **kwargs)
+
+    engine = CausalLM(tiny_causal_lm)
+    engine.tokenizer = Appending(engine.tokenizer)
+    assert engine._own_backend() is None
+    before = engine.tokenizer.calls
+    got = engine.encode_many(TEXTS)
+    assert engine.tokenizer.calls == before + 1
+    assert got == [engine.encode(t) for t in TEXTS] and all(x[-1] == got[0][-1] for x in got)

