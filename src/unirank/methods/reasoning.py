@@ -270,10 +270,8 @@ class PointwiseReasoner(_Traces):
     def score_pairs(self, queries: list[str], texts: list[str]) -> np.ndarray:
         r, e = self.ranker, self.engine
         budget = self.max_reasoning_tokens
-        prompts = [
-            r.fit(lambda d, q=q: r.prompt.render(q, d) + self.think_prefix, t, budget + 4)[1]
-            for q, t in zip(queries, texts)
-        ]
+        renders = [lambda d, q=q: r.prompt.render(q, d) + self.think_prefix for q in queries]
+        prompts = [ids for _, ids in r.fit_many(renders, list(texts), [budget + 4] * len(texts))]
         outs = e.generate(prompts, budget, stop=[CLOSE])
         scored = []
         for q, ids, out in zip(queries, prompts, outs):
