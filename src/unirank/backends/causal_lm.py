@@ -350,44 +350,11 @@ class CausalLM:
         return out
 
     def attention_rows(self, ids: list[int], rows: list[int], layers: list[int] | None = None) -> np.ndarray:
-        """Attention weights from the token positions ``rows`` to every position, summed over heads and the
-        chosen layers (default all): ``[len(rows), len(ids)]``, from ONE forward pass.
+        """Attention weights from the positions ``rows`` to every position, summed over heads and the chosen
+        layers: ``[len(rows), len(ids)]``, one forward (:func:`.causal_attention.attention_rows`)."""
+        from .causal_attention import attention_rows
 
-        Rows are taken per layer as the forward runs (hooks), so memory stays ``O(layers * rows * len)``.
-        """
-        torch, _ = hf.torch_modules()
-        self.check_length(ids)
-        before = getattr(self.model.config, "_attn_implementation", "eager")
-        if before != "eager":
-            self.model.set_attn_implementation("eager")
-        modules = [m for n, m in self.model.named_modules() if n.endswith("self_attn")]
-        if not modules:
-            raise TypeError(f"{self.name}: no '*.self_attn' modules; attention weights are unavailable")
-        chosen = range(len(modules)) if layers is None else layers
-        acc = torch.zeros(len(rows), len(ids))
-        idx = torch.tensor(rows, dtype=torch.long)
-
-        def hook(_mod: Any, _inp: Any, output: Any) -> None:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise RuntimeError(
-                    "attention module returned no weights; load with attn_implementation='eager'"
-                )
-            acc.add_(weights[0].float().sum(0)[idx].cpu())
-
-        handles = [modules[i].register_forward_hook(hook) for i in chosen]
-        try:
-            with self.lock, torch.inference_mode():
-                self.forward_calls += 1
-                self.usage.add(len(ids), 0)
-                t = torch.tensor([ids], dtype=torch.long, device=self.device)
-                self.model(input_ids=t, attention_mask=torch.ones_like(t), output_attentions=True)
-        finally:
-            for h in handles:
-                h.remove()
-            if before != "eager":
-                self.model.set_attn_implementation(before)
-        return acc.numpy().astype(np.float64)
+        return attention_rows(self, ids, rows, layers)
 
     def __repr__(self) -> str:
         return f"CausalLM({self.name!r}, device={self.device!r}, max_length={self.max_length})"
