@@ -95,6 +95,30 @@ def test_prefix_attention_rows_of_each_suffix(engines, arch):
     np.testing.assert_allclose(one[0], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("sdpa_prefix", [True, False])
+def test_prefix_runs_sdpa_suffixes_eager_and_the_engine_is_restored(engines, sdpa_prefix):
+    engine, raw = engines["qwen2"]
+    seen = []
+    handle = engine.model.register_forward_pre_hook(
+        lambda *a: seen.append(engine.model.config._attn_implementation)
+    )
+    prefix, suffix = engine.encode("fog forms at night when air cools"), engine.encode(" fog", special=False)
+    try:
+        (got,) = prefix_attention(engine, prefix, [suffix], sdpa_prefix=sdpa_prefix)
+        assert engine.model.config._attn_implementation == "eager"  # restored
+        engine.model.set_attn_implementation("sdpa")  # a shared engine other methods run with SDPA
+        (again,) = prefix_attention(engine, prefix, [suffix], sdpa_prefix=sdpa_prefix)
+        assert engine.model.config._attn_implementation == "sdpa"  # restored
+    finally:
+        handle.remove()
+        engine.model.set_attn_implementation("eager")
+    assert seen == (["sdpa", "eager"] if sdpa_prefix else ["eager", "eager"]) + ["sdpa", "eager"]
+    n = len(prefix)
+    want = _oracle(raw, prefix + suffix, list(range(n, n + len(suffix))))[:, :n]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(again, want, atol=1e-5)
+
+
 def test_fallbacks_run_whole_prompts_with_the_same_scores(tiny_causal_lm, monkeypatch):
     import transformers
 

@@ -13,7 +13,9 @@ on the ``*.self_attn`` modules, eager attention: the only implementation that re
   it, hidden by the causal mask), which keeps sliding-window layers exact too; the weights a suffix token
   gives the prefix equal those of one forward over ``prefix + suffix`` to float rounding (1e-5 in fp32,
   ``tests/test_icr_batched.py``). A sliding-window layer's cache keeps only the last ``window - 1`` prefix
-  tokens; its weights land on those positions (the others get none, as in the whole forward).
+  tokens; its weights land on those positions (the others get none, as in the whole forward). The prefix
+  forward needs no weights, so it runs with SDPA where the model has it (eager would materialise every
+  layer's ``[heads, len, len]`` weights); only the suffix batch runs eager.
 
 That is two model forwards (``engine.forward_calls``) for any number of suffixes; ``engine.usage`` counts
 one call per prompt, with the prefix's tokens once (they are computed once). A model whose forward takes no
@@ -67,6 +69,25 @@ def _weights(output: Any) -> Any:
     if weights is None:
         raise RuntimeError("attention module returned no weights; load with attn_implementation='eager'")
     return weights
+
+
+@contextlib.contextmanager
+def _prefix_attention_impl(engine: Any, sdpa: bool) -> Iterator[None]:
+    """SDPA for the prefix forward, which needs no weights (eager materialises every layer's
+    ``[heads, len, len]`` weights), where the model has it; the implementation is restored afterwards."""
+    before = getattr(engine.model.config, "_attn_implementation", None)
+    switched = False
+    if before == "eager" and sdpa:
+        try:
+            engine.model.set_attn_implementation("sdpa")
+            switched = True
+        except (ValueError, ImportError) as exc:  # the architecture has no SDPA path
+            logger.debug("%s: prefix runs eager (%s)", engine.name, exc)
+    try:
+        yield
+    finally:
+        if switched:
+            engine.model.set_attn_implementation(before)
 
 
 @contextlib.contextmanager
@@ -139,12 +160,19 @@ def _whole(
 
 
 def prefix_attention(
-    engine: Any, prefix: list[int], suffixes: list[list[int]], layers: list[int] | None = None
+    engine: Any,
+    prefix: list[int],
+    suffixes: list[list[int]],
+    layers: list[int] | None = None,
+    *,
+    sdpa_prefix: bool = True,
 ) -> list[np.ndarray]:
     """For each suffix, the attention from its tokens to the ``prefix`` positions in the prompt
     ``prefix + suffix``, summed over heads and the chosen layers: ``[len(suffix), len(prefix)]`` arrays,
     equal to ``attention_rows(prefix + suffix, suffix rows)[:, :len(prefix)]``, from two forwards (the prefix
-    once, then the suffixes as one batch; see the module doc)."""
+    once, then the suffixes as one batch; see the module doc). ``sdpa_prefix``: the prefix forward, which
+    needs no weights, runs with SDPA where the model has it (no ``[heads, len, len]`` weights per layer;
+    equal to eager to float rounding); ``False`` keeps the engine's implementation."""
     torch, _ = hf.torch_modules()
     if not prefix or not suffixes or any(not s for s in suffixes):
         raise ValueError("prefix_attention needs a non-empty prefix and non-empty suffixes")
@@ -170,13 +198,14 @@ def prefix_attention(
     with engine.lock, torch.inference_mode():
         head = torch.tensor([list(prefix)], dtype=torch.long, device=dev)
         engine.forward_calls += 1
-        out = engine.model(
-            input_ids=head,
-            attention_mask=torch.ones_like(head),
-            position_ids=torch.arange(n, device=dev)[None],
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with _prefix_attention_impl(engine, sdpa_prefix):
+            out = engine.model(
+                input_ids=head,
+                attention_mask=torch.ones_like(head),
+                position_ids=torch.arange(n, device=dev)[None],
+                use_cache=True,
+                logits_to_keep=1,
+            )
         cache = getattr(out, "cache", None) or out.past_key_values
         if rows > 1 and not hasattr(cache, "batch_repeat_interleave"):
             cache = None

