@@ -4,16 +4,19 @@ For the first ``--queries`` DL19 queries the candidates are the BM25 top ``--dep
 prompt per query. Two rankers on the SAME engine, timed in interleaved rounds (``--rounds``; which goes first
 alternates), medians:
 
-- ``whole``: ICR as two whole-prompt forwards per query (the query prompt, then the ``"N/A"`` calibration
-  prompt, each through :meth:`CausalLM.attention_rows`), with one tokenizer call per template piece and per
-  document (a replica of the per-piece tokenisation);
-- ``prefix``: :class:`unirank.methods.attention.ICRRanker` as shipped: the prompt up to the query runs once,
-  the query and ``"N/A"`` suffixes as one two-row batch on its KV cache; one batched tokenizer call.
+- ``old``: ICR as it ran before the shared prefix: two whole-prompt eager forwards per query (the query
+  prompt, then the ``"N/A"`` calibration prompt) with ``output_attentions`` and the vocabulary head over
+  every position, one tokenizer call per template piece and per document (a replica, :class:`OldICR`);
+- ``whole``: the shipped fallback path (:func:`unirank.backends.causal_attention.attention_rows`): the same
+  two whole eager forwards, without the vocabulary head (``logits_to_keep=1``);
+- ``prefix``: :class:`unirank.methods.attention.ICRRanker` as shipped: the prompt up to the query runs once
+  (SDPA), the query and ``"N/A"`` suffixes as one two-row eager batch on its KV cache; one batched
+  tokenizer call.
 
 Models: a random ``--tiny`` Llama with the packaged MiniLM WordPiece vocab (built here, in memory), and the
 packaged Gemma 3 270M (``gemma3-270m``; the row is skipped if the package or its converted copy is missing).
 Scores must agree (printed: max |diff|; same documents, same cut). Prints one JSON line per timed run, then a
-summary with the medians, the ratio whole / prefix and the 1-minute load average before and after.
+summary with the medians, each path's time over ``prefix``'s and the 1-minute load average before and after.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/icr_prefix.py --queries 5 --depth 20 --rounds 3
 """
@@ -37,7 +40,7 @@ from unirank.types import Document
 
 
 class WholeICR(ICRRanker):
-    """ICR as two whole-prompt forwards per query, tokenised one piece per tokenizer call (the peer)."""
+    """ICR as two whole-prompt forwards per query (``engine.attention_rows``), per-piece tokenisation."""
 
     def _prompt(
         self, query: str, docs: list[Document], reserve: int
@@ -55,16 +58,44 @@ class WholeICR(ICRRanker):
             ids += doc_ids + enc("\n\n", False)
         return ids + enc(TAIL, False), spans, []
 
+    def rows(self, ids: list[int], rows: list[int]) -> np.ndarray:
+        return self.engine.attention_rows(ids, rows, self.layers)
+
     def _score_one(self, query: str, docs: list[Document]) -> np.ndarray:
         enc = self.engine.encode
         q, cf = enc(" " + query, False), enc(" " + CONTENT_FREE, False)
         prefix, spans, _ = self._prompt(query, docs, max(len(q), len(cf)))
         out = []
         for s in (q, cf):
-            rows = list(range(len(prefix), len(prefix) + len(s)))
-            att = self.engine.attention_rows(prefix + s, rows, self.layers).mean(0)
+            att = self.rows(prefix + s, list(range(len(prefix), len(prefix) + len(s)))).mean(0)
             out.append(np.array([att[a:b].sum() for a, b in spans]))
         return out[0] - out[1]  # type: ignore[no-any-return]
+
+
+class OldICR(WholeICR):
+    """:class:`WholeICR` with the forward as it was: ``output_attentions`` and logits at every position."""
+
+    def rows(self, ids: list[int], rows: list[int]) -> np.ndarray:
+        import torch
+
+        e = self.engine
+        modules = [m for n, m in e.model.named_modules() if n.endswith("self_attn")]
+        acc = torch.zeros(len(rows), len(ids))
+        idx = torch.tensor(rows, dtype=torch.long)
+
+        def hook(_mod: Any, _inp: Any, output: Any) -> None:
+            acc.add_(output[1][0].float().sum(0)[idx].cpu())
+
+        handles = [m.register_forward_hook(hook) for m in modules]
+        try:
+            with e.lock, torch.inference_mode():
+                e.forward_calls += 1
+                t = torch.tensor([ids], dtype=torch.long, device=e.device)
+                e.model(input_ids=t, attention_mask=torch.ones_like(t), output_attentions=True)
+        finally:
+            for h in handles:
+                h.remove()
+        return acc.numpy().astype(np.float64)  # type: ignore[no-any-return]
 
 
 def tiny_engine(layers: int, hidden: int) -> CausalLM:
@@ -98,8 +129,16 @@ def tiny_engine(layers: int, hidden: int) -> CausalLM:
     return CausalLM(out, attn_implementation="eager", max_length=8192)
 
 
-def bench(label: str, engine: CausalLM, queries: list[str], docs: list[list[Document]], rounds: int) -> dict:
-    rankers = {"whole": WholeICR(engine=engine), "prefix": ICRRanker(engine=engine)}
+def bench(
+    label: str, engine: CausalLM, queries: list[str], docs: list[list[Document]], rounds: int, skip_old: bool
+) -> dict:
+    rankers = {
+        "old": OldICR(engine=engine),
+        "whole": WholeICR(engine=engine),
+        "prefix": ICRRanker(engine=engine),
+    }
+    if skip_old:
+        del rankers["old"]
     for r in rankers.values():
         r.rank(queries[0], docs[0][:2])  # warm-up
     times: dict[str, list[float]] = {k: [] for k in rankers}
@@ -107,7 +146,7 @@ def bench(label: str, engine: CausalLM, queries: list[str], docs: list[list[Docu
     forwards: dict[str, int] = {}
     names = list(rankers)
     for rnd in range(rounds):
-        for name in names[rnd % 2 :] + names[: rnd % 2]:
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:  # rotate who goes first
             before = engine.forward_calls
             t0 = time.perf_counter()
             res = rankers[name].rank_many(queries, docs)
@@ -119,15 +158,19 @@ def bench(label: str, engine: CausalLM, queries: list[str], docs: list[list[Docu
                 json.dumps({"model": label, "round": rnd, "path": name, "seconds": round(dt, 3)}), flush=True
             )
     med = {k: statistics.median(v) for k, v in times.items()}
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(got["whole"], got["prefix"]))
+    diff = {
+        k: max(float(np.abs(a - b).max()) for a, b in zip(got[k], got["prefix"]))
+        for k in names
+        if k != "prefix"
+    }
     ids, _, _ = rankers["prefix"].build_input(queries[0], docs[0])
     return {
         "model": label,
         "prompt_tokens_q1": len(ids),
         "median_s": {k: round(v, 3) for k, v in med.items()},
-        "whole_over_prefix": round(med["whole"] / med["prefix"], 2),
+        "speedup_vs_prefix": {k: round(v / med["prefix"], 2) for k, v in med.items()},
         "forwards": forwards,
-        "max_abs_score_diff": diff,
+        "max_abs_score_diff_vs_prefix": diff,
     }
 
 
@@ -138,6 +181,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tiny", default="4x256", help="layers x hidden of the random Llama")
     ap.add_argument("--no-gemma", action="store_true")
+    ap.add_argument("--no-old", action="store_true", help="skip the replica of the previous forwards")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
     ds = load_dataset("trec-dl-2019")
@@ -146,14 +190,16 @@ def main() -> None:
     queries = [ds.queries[q] for q in qids]
     docs = [[ds.corpus[d] for d, _ in run[q][: args.depth]] for q in qids]
     layers, hidden = (int(x) for x in args.tiny.split("x"))
-    rows = [bench(f"tiny-llama-{args.tiny}", tiny_engine(layers, hidden), queries, docs, args.rounds)]
+    rows = [
+        bench(f"tiny-llama-{args.tiny}", tiny_engine(layers, hidden), queries, docs, args.rounds, args.no_old)
+    ]
     if not args.no_gemma:
         try:
             gemma = CausalLM("gemma3-270m", attn_implementation="eager", max_length=8192)
         except Exception as exc:  # the package (or gguf) is not installed
             print(json.dumps({"model": "gemma3-270m", "skipped": f"{type(exc).__name__}: {exc}"}), flush=True)
         else:
-            rows.append(bench("gemma3-270m", gemma, queries, docs, args.rounds))
+            rows.append(bench("gemma3-270m", gemma, queries, docs, args.rounds, args.no_old))
     summary = {
         "queries": len(qids),
         "depth": args.depth,

@@ -115,19 +115,22 @@ def attention_rows(
 
     Rows are taken per layer as the forward runs (hooks), so memory stays ``O(layers * rows * len)``.
     """
+    from .causal_batch import _accepts
+
     torch, _ = hf.torch_modules()
     engine.check_length(ids)
     acc = torch.zeros(len(rows), len(ids))
-    idx = torch.tensor(rows, dtype=torch.long)
+    idx = torch.tensor(rows, dtype=torch.long, device=engine.device)
 
     def hook(_mod: Any, _inp: Any, output: Any) -> None:
-        acc.add_(_weights(output)[0].float().sum(0)[idx.to(engine.device)].cpu())
+        acc.add_(_weights(output)[0][:, idx].float().sum(0).cpu())  # the rows first: [heads, rows, len]
 
-    with _hooked(engine, layers, hook), engine.lock, torch.inference_mode():
+    with engine.lock, _hooked(engine, layers, hook), torch.inference_mode():  # hooks: our forward only
         engine.forward_calls += 1
         engine.usage.add(len(ids), 0)
         t = torch.tensor([ids], dtype=torch.long, device=engine.device)
-        engine.model(input_ids=t, attention_mask=torch.ones_like(t), output_attentions=True)
+        keep = {"logits_to_keep": 1} if _accepts(engine, "logits_to_keep") else {}  # no vocabulary head
+        engine.model(input_ids=t, attention_mask=torch.ones_like(t), **keep)
     return acc.numpy().astype(np.float64)
 
 
@@ -223,7 +226,6 @@ def prefix_attention(
                     **{key: cache},
                     use_cache=True,
                     logits_to_keep=1,
-                    output_attentions=True,
                 )
             engine.usage.add(n + int(mask_np.sum()), 0, calls=rows)
     if cache is None:  # the cache cannot be expanded to a batch (the prefix forward counted, as it ran)
