@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _llm_fixtures import make_tiny_causal, tiny_causal_lm, tiny_engine  # noqa: F401
+from _llm_fixtures import gemma_engine, make_tiny_causal, tiny_causal_lm, tiny_engine  # noqa: F401
 from unirank import Reranker
 from unirank.backends.causal_attention import prefix_attention
 from unirank.methods.attention import CONTENT_FREE, DOC, HEAD, TAIL
@@ -227,3 +227,23 @@ def test_build_input_ids_and_spans_as_per_piece_encode(
         longest = max(len(engine.encode(d.text, False)) for d in docs)
         assert len(ids) <= engine.max_length and max(b - a for a, b in spans) < longest  # the cut applied
     assert all(b > a for a, b in spans[:5])
+
+
+@pytest.mark.slow
+def test_gemma_270m_prefix_past_its_sliding_window(gemma_engine):
+    """The packaged Gemma 3 270M (sliding window 512 on 5 of 6 layers): a prompt past the window, the shared
+    prefix path vs whole forwards, and ``build_input`` vs per-piece ``encode`` on its tokenizer."""
+    window = gemma_engine.model.config.sliding_window
+    docs = [*(Document(f"{t}. " * 25, str(i)) for i, t in enumerate(TEXTS)), Document("", "empty")]
+    r = Reranker("icr", engine=gemma_engine)
+    for query in (Q, CONTENT_FREE):
+        assert r.build_input(query, docs) == _old_build_input(gemma_engine, query, docs, 300)
+    ids, _, rows = r.build_input(Q, docs)
+    assert len(ids) > window + 50
+    prefix, n = ids[: rows[0]], rows[0]
+    suffixes = [ids[n:], gemma_engine.encode(" " + CONTENT_FREE, special=False)]
+    got = prefix_attention(gemma_engine, prefix, suffixes)
+    for s, g in zip(suffixes, got):
+        want = gemma_engine.attention_rows(prefix + s, list(range(n, n + len(s))))[:, :n]
+        np.testing.assert_allclose(g, want, atol=1e-4)
+        assert np.abs(want[:, : n - window]).sum() > 0  # the full-attention layer reaches the early documents

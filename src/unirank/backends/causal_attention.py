@@ -4,7 +4,8 @@ attention-based re-ranking (ICR, :mod:`unirank.methods.attention`).
 Two primitives, both summing the weights over heads and the chosen layers as the forward runs (forward hooks
 on the ``*.self_attn`` modules, eager attention: the only implementation that returns weights):
 
-- :func:`attention_rows`: rows of one prompt, from ONE forward over the whole prompt;
+- :func:`attention_rows`: rows of one prompt, from ONE forward over the whole prompt (the vocabulary head
+  runs on the last position only);
 - :func:`prefix_attention`: several prompts that share a prefix (ICR's query prompt and its content-free
   calibration prompt share every token before the query). The prefix runs ONCE with its KV cache kept; then
   the suffixes run as ONE right-padded batch on that cache expanded to the batch, with positions

@@ -18,7 +18,9 @@ query and ``"N/A"`` suffixes continue from it as ONE batch of two rows
 (:func:`unirank.backends.causal_attention.prefix_attention`: exact, sliding-window layers included): two
 model forwards per query (``engine.forward_calls``: the prefix, then the two-row batch), for any number of
 documents that fit the context; ``engine.usage`` counts two prompts, the prefix's tokens once. A model
-whose forward takes no ``position_ids`` or cache runs the two prompts whole (two forwards).
+whose forward takes no ``position_ids`` or cache runs the two prompts whole (two forwards; three when the
+prefix's cache turns out not to expand to a batch). Speed vs two whole forwards per query:
+``benchmarks/icr_prefix.py``.
 ``calibrate=False`` is one forward over the one prompt. Tokenisation is one batched tokenizer call per query
 (the query, ``"N/A"`` and every document; the template pieces once per ranker).
 
