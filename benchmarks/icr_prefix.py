@@ -30,8 +30,11 @@ before, 1.83 after; medians of 3 interleaved rounds, 5 queries x 20 passages, ma
 
 Per-round spread: Gemma prefix 15.3-16.7 s, old 90.9-95.6 s, whole 41.6-45.8 s. Scores agree to 2.5e-8
 (tiny) and 1.8e-6 (Gemma). Batching several queries' prompts in one forward does not pay on this CPU: a
-1500-token SDPA forward takes 0.076 s per prompt at batch 1 and 0.077 at batch 4 (tiny), 2.39 vs 2.86 s
-(Gemma), so ICR runs one query's prefix per forward.
+1500-token SDPA forward takes 0.072 s per prompt at batch 1 and 0.073 at batch 4 (tiny), 2.50 vs 2.68 s
+(Gemma), so ICR runs one query's prefix per forward (``--batch-probe``, medians of 3 / 2 runs,
+load average 1.2-1.4).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/icr_prefix.py --batch-probe
 """
 
 from __future__ import annotations
@@ -187,6 +190,25 @@ def bench(
     }
 
 
+def batch_probe(label: str, engine: CausalLM, length: int = 1500, reps: int = 2) -> None:
+    """Seconds per prompt of one SDPA prefill forward (random ids, no padding) at batch 1 and 4."""
+    import torch
+
+    engine.model.set_attn_implementation("sdpa")
+    for b in (1, 4):
+        ids = torch.randint(1000, 20000, (b, length))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                engine.model(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1
+                )
+            times.append(time.perf_counter() - t0)
+        line = {"model": label, "batch": b, "length": length, "s_per_prompt": statistics.median(times) / b}
+        print(json.dumps(line), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=5)
@@ -195,14 +217,20 @@ def main() -> None:
     ap.add_argument("--tiny", default="4x256", help="layers x hidden of the random Llama")
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-old", action="store_true", help="skip the replica of the previous forwards")
+    ap.add_argument("--batch-probe", action="store_true", help="prefill s/prompt at batch 1 vs 4, then stop")
     args = ap.parse_args()
+    layers, hidden = (int(x) for x in args.tiny.split("x"))
+    if args.batch_probe:
+        batch_probe(f"tiny-llama-{args.tiny}", tiny_engine(layers, hidden), reps=3)
+        if not args.no_gemma:
+            batch_probe("gemma3-270m", CausalLM("gemma3-270m", max_length=8192))
+        return
     load0 = os.getloadavg()[0]
     ds = load_dataset("trec-dl-2019")
     run = ds.get_run("bm25.top100")
     qids = [q for q in ds.queries if q in run][: args.queries]
     queries = [ds.queries[q] for q in qids]
     docs = [[ds.corpus[d] for d, _ in run[q][: args.depth]] for q in qids]
-    layers, hidden = (int(x) for x in args.tiny.split("x"))
     rows = [
         bench(f"tiny-llama-{args.tiny}", tiny_engine(layers, hidden), queries, docs, args.rounds, args.no_old)
     ]
