@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ __all__ = ["DeviceBench"]
 Scores = list[np.ndarray]  # one array per query, in candidate order
 Fn = Callable[[list[str], list[list[str]]], Any]
 _FLOOR_TOKENS = 65536  # padded tokens per batch of the forward-only floor
+# sizes that get the compile= rows by default (each compile costs tens of seconds of a lent GPU's time)
+COMPILE_SIZES = ("minilm-l6", "tiny")
 
 
 def kendall_tau(a: Any, b: Any) -> float:
@@ -49,6 +51,8 @@ class DeviceBench:
         parity_queries: int,
         emit: Callable[[dict[str, Any]], None],
         peer_dtype: str | None = None,
+        compile_modes: Sequence[str] | None = None,
+        compile_sizes: Sequence[str] | None = COMPILE_SIZES,
     ) -> None:
         self.torch = require("torch", "hf")
         self.st = require("sentence_transformers", "bench", "sentence-transformers")
@@ -67,6 +71,11 @@ class DeviceBench:
         self.floor_dtypes = (
             (f16, bf16) if self.cuda else tuple(dict.fromkeys((self.torch.float32, self.half)))
         )
+        # unirank's compile= variants (extra rows): on CUDA by default, on CPU only when asked
+        default = ("inductor", "cudagraphs") if self.cuda else ()
+        modes = tuple(compile_modes) if compile_modes is not None else default
+        self.compile_modes = tuple(m for m in modes if self.cuda or m != "cudagraphs")  # graphs: CUDA only
+        self.compile_sizes = None if compile_sizes is None else set(compile_sizes)
 
     def free(self) -> None:
         gc.collect()
@@ -137,6 +146,9 @@ class DeviceBench:
             "st-b256": lambda q, t: _st_predict(ce, q, t, 256),
             "unirank-default": lambda q, t: _unirank_scores(r, q, t),
         }
+        compiled = self._compiled_rankers(size, ce_dir)
+        for mode, (cr, _) in compiled.items():
+            fns[f"unirank-{mode}"] = lambda q, t, cr=cr: _unirank_scores(cr, q, t)
         pads = {}
         for dt in self.floor_dtypes:
             fns[f"floor-{_dtype_name(dt)}"], pads[f"floor-{_dtype_name(dt)}"] = self._floor(ce_dir, dt)
@@ -168,6 +180,32 @@ class DeviceBench:
             floor_dtype=best_floor.removeprefix("floor-"),
         )
         self.parity(size, "ce", "unirank-default", "st-fp32", scores[: len(self.qp)], ref)
+        for mode, (cr, compile_s) in compiled.items():
+            name = f"unirank-{mode}"
+            cmed, cruns, cscores = res[name]
+            self.row(event="ce", size=size, weights=weights, path=name, dtype=_param_dtype(cr), s_median=cmed,
+                     s_runs=cruns, x_default=med / cmed, compile_s=compile_s, shapes=len(cr._fast.shapes),
+                     fallback=cr._fast.failure)  # fmt: skip
+            self.parity(size, "ce", name, "unirank-default", cscores[: len(self.qp)], scores[: len(self.qp)])
+
+    def _compiled_rankers(self, size: str, ce_dir: Path) -> dict[str, tuple[Any, float]]:
+        """``mode -> (ranker with compile=mode, seconds of its first full pass)``: the compile and the first
+        shapes' captures happen in that pass, which is therefore kept out of the timed rounds."""
+        from .reranker import Reranker
+
+        if self.compile_sizes is not None and size not in self.compile_sizes:
+            return {}
+        out = {}
+        for mode in self.compile_modes:
+            cr = Reranker(f"ce:{ce_dir}", device=self.device, compile=mode)
+            if self.cuda:
+                self.torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _unirank_scores(cr, self.queries, self.texts)
+            if self.cuda:
+                self.torch.cuda.synchronize()
+            out[mode] = (cr, time.perf_counter() - t0)
+        return out
 
     def _st_cross_encoder(self, ce_dir: Path) -> Any:
         ident = self.torch.nn.Identity()

@@ -108,7 +108,7 @@ def bucket_width(width: int, cap: int) -> int:
 
 def bucket_rows(rows: int) -> int:
     """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, ... (``2**k`` and ``3 * 2**k``) that is ``>= rows``
-    (at most a third of the rows are padding)."""
+    (at most a third of the rows are padding; a compiled forward takes at least 2)."""
     size = 1
     while True:
         for cand in (size, 3 * size // 2) if size >= 2 else (size,):
@@ -160,7 +160,7 @@ class CompiledForward:
         import torch
 
         n, w = inputs["input_ids"].shape
-        rows = bucket_rows(n) if self.bucket_all_rows else max(n, 2)
+        rows = max(bucket_rows(n) if self.bucket_all_rows else n, 2)  # dynamic shapes specialise size 1
         width = bucket_width(w, max(w, self.max_width))
         padded = pad_batch(inputs, rows, width)
         self.shapes.add((rows, width))

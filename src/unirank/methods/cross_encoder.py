@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import hf, pairs
+from ..backends import compiled, hf, pairs
 from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, queue_depth, run_pipeline
 from ..backends.padding import align_pad_token, is_decoder_only
 from ..base import PointwiseRanker
@@ -62,6 +62,14 @@ class CrossEncoderRanker(PointwiseRanker):
             weights; ``onnx_threads`` = CPU cores to use (default: all this process may use, a container's
             CPU quota included), as that many concurrent batches.
         cache: a :class:`~unirank.cache.ScoreCache` (or ``True`` for an in-memory LRU) of pair scores.
+        compile: ``None`` (default: the eager forward), ``"inductor"`` (``torch.compile``, batch widths padded
+            to multiples of 32 tokens so a run sees few shapes) or ``"cudagraphs"`` (CUDA only: captured CUDA
+            graphs, rows bucketed too); a forward that fails to compile falls back to eager with one warning.
+            See :mod:`unirank.backends.compiled`.
+        attn_implementation: transformers' attention kernel (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``
+            with the ``flash-attn`` package on CUDA, ...); default: transformers' choice.
+        unpadded: with ``attn_implementation="flash_attention_2"``: pack each batch's pairs into one row
+            without padding for FlashAttention's variable-length kernel (checked on a probe batch first).
 
     Example (a tiny model built on the spot, loaded through the public path):
 
@@ -93,6 +101,9 @@ class CrossEncoderRanker(PointwiseRanker):
         backend: str = "torch",
         quantize: str | None = None,
         onnx_threads: int | None = None,
+        compile: str | None = None,
+        attn_implementation: str | None = None,
+        unpadded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -118,6 +129,7 @@ class CrossEncoderRanker(PointwiseRanker):
                 "a cross-encoder needs a *ForSequenceClassification head. For a bi-encoder use 'embed:'."
             )
         self.device = hf.pick_device(device)
+        compiled.check_options(compile, attn_implementation, unpadded, self.device, backend, quantize)
         self.tokenizer = hf.load_tokenizer(self.path, trust_remote_code=trust_remote_code)
         self.model = hf.load_model(
             self.path,
@@ -126,6 +138,7 @@ class CrossEncoderRanker(PointwiseRanker):
             dtype=hf.torch_dtype(dtype or default_dtype(self.device), self.device),
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
         )
         # a decoder's head scores the last token that is not config.pad_token_id: pad with exactly that id
         self.decoder = is_decoder_only(self.model.config)
@@ -145,7 +158,7 @@ class CrossEncoderRanker(PointwiseRanker):
         self._onnx = None
         # the head reads only the first token: the last layer runs for that row alone (verified on a probe)
         self.cls_only_last_layer = False
-        if backend == "torch" and quantize is None:
+        if backend == "torch" and quantize is None and not unpadded:  # packed rows need the stock layer
             from ..backends import cls_only
 
             self.cls_only_last_layer = cls_only.enable(self.model, self.tokenizer, self.device)
@@ -168,6 +181,17 @@ class CrossEncoderRanker(PointwiseRanker):
             from ..backends import masks
 
             self.mask_form = masks.verify(self.model, self.tokenizer, self.device)
+        # compile= / unpadded=: the host pipeline's forward behind torch.compile or packed rows (None: eager)
+        self._fast = compiled.build_forward(
+            self.model,
+            self._score_tensor,
+            compile=compile,
+            unpadded=unpadded,
+            device=self.device,
+            max_width=self.max_length,
+            tokenizer=self.tokenizer,
+            host_pipeline=self.pair_template is not None,
+        )
 
     def _label_index(self, label: int | str | None) -> int:
         if self.num_labels == 1:
@@ -210,6 +234,8 @@ class CrossEncoderRanker(PointwiseRanker):
         """Scores of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
         from ..backends.masks import device_inputs
 
+        if self._fast is not None:  # compiled / packed: takes the 2-D padding mask
+            return self._fast({k: v.to(self.device, non_blocking=True) for k, v in inputs.items()})
         inputs, _ = device_inputs(inputs, self.device, self.mask_form, self.model.dtype)
         return self._score_tensor(self.model(**inputs).logits)
 
