@@ -3,6 +3,8 @@
 #   1. env.txt: versions, GPU, and which of unirank's cross-encoder imports this Python has;
 #   2. ../shared/bench/gpu_side_by_side.py (carried in .gpu-carry/ by benchmarks/gpu/prepare.py) -> gpu.jsonl;
 #   3. unirank bench --device cuda -> unirank-bench.jsonl (rows as measured) and unirank-bench.md (tables);
+#      on CUDA the minilm-l6 cross-encoder also gets unirank-inductor / unirank-cudagraphs rows (compile=;
+#      compile_s: the first pass, compile included, kept out of the timed rounds; parity vs unirank-default);
 #   4. summary.md: both, as tables (also printed).
 # Every step writes as it goes, and each runs under its own time limit, so a cut still leaves figures in $OUT.
 #
