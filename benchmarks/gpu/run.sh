@@ -2,14 +2,17 @@
 # The GPU side of issue 16 in one command, on the device machine, from the repository root:
 #   1. env.txt: versions, GPU, and which of unirank's cross-encoder imports this Python has;
 #   2. ../shared/bench/gpu_side_by_side.py (carried in .gpu-carry/ by benchmarks/gpu/prepare.py) -> gpu.jsonl;
-#   3. unirank bench --device cuda -> unirank-bench.jsonl (rows as measured) and unirank-bench.md (tables);
-#      on CUDA the minilm-l6 cross-encoder also gets unirank-inductor / unirank-cudagraphs rows (compile=;
-#      compile_s: the first pass, compile included, kept out of the timed rounds; parity vs unirank-default);
-#   4. summary.md: both, as tables (also printed).
+#   3. unirank bench --device cuda --compile none -> unirank-bench.jsonl (rows as measured) and
+#      unirank-bench.md (tables);
+#   4. in the time left, the minilm-l6 cross-encoder's unirank-inductor / unirank-cudagraphs rows (compile=;
+#      compile_s: the first pass, compile included, kept out of the timed rounds; parity vs unirank-default)
+#      -> unirank-compile.jsonl / .md;
+#   5. summary.md: all of it, as tables (also printed).
 # Every step writes as it goes, and each runs under its own time limit, so a cut still leaves figures in $OUT.
 #
 # Knobs (environment): BUDGET_S (540: whole run), SHARED_S (240: step 2's share), SHARED_SIZES, SIZES, QUERIES
-# (empty: all 97 DL19+DL20 queries), REPEATS (3), DEVICE (cuda), PYTHON (python3), CARRY (.gpu-carry).
+# (empty: all 97 DL19+DL20 queries), REPEATS (3), DEVICE (cuda), PYTHON (python3), CARRY (.gpu-carry),
+# COMPILE (inductor,cudagraphs; none skips step 4), COMPILE_SIZES (minilm-l6).
 # SMALL=1: a CPU dry run with tiny models (the shared script's own SMALL=1, and --sizes tiny for unirank).
 set -u
 cd "$(dirname "$0")/../.."
@@ -22,7 +25,7 @@ SHARED_S=${SHARED_S:-240}
 SHARED_SIZES=${SHARED_SIZES:-minilm-l6-h384,bert-base,bert-large}
 if [ "${SMALL:-0}" = 1 ]; then
   SIZES=${SIZES:-tiny}; QUERIES=${QUERIES:-2}; DEPTH=${DEPTH:-10}; REPEATS=${REPEATS:-1}; DEVICE=${DEVICE:-cpu}
-  PARITY=${PARITY:-1}
+  PARITY=${PARITY:-1}; COMPILE=${COMPILE:-inductor}; COMPILE_SIZES=${COMPILE_SIZES:-tiny}
 fi
 SIZES=${SIZES:-minilm-l6,bert-base,bert-large}
 QUERIES=${QUERIES:-}
@@ -63,9 +66,21 @@ fi
 left=$((BUDGET_S - (SECONDS - start)))
 [ "$left" -gt 30 ] || left=30
 timeout -k 10 "$left" "$PY" -m unirank.cli -v bench --device "$DEVICE" --sizes "$SIZES" ${QUERIES:+--queries "$QUERIES"} \
-  --depth "$DEPTH" --repeats "$REPEATS" --parity-queries "$PARITY" --tokenizer "$CARRY/tokenizer" \
+  --depth "$DEPTH" --repeats "$REPEATS" --parity-queries "$PARITY" --tokenizer "$CARRY/tokenizer" --compile none \
   --out "$OUT/unirank-bench.jsonl" > "$OUT/unirank-bench.md" 2> "$OUT/unirank-bench.log"
 echo "unirank bench: exit $? after $((SECONDS - start)) s (124: cut at BUDGET_S=$BUDGET_S)"
+
+# 4. compile= rows last (each compile costs tens of seconds): COMPILE_SIZES (minilm-l6) x COMPILE (modes)
+left=$((BUDGET_S - (SECONDS - start)))
+if [ "$left" -gt 60 ] && [ "${COMPILE:-inductor,cudagraphs}" != none ]; then
+  timeout -k 10 "$left" "$PY" -m unirank.cli -v bench --device "$DEVICE" --sizes "${COMPILE_SIZES:-minilm-l6}" \
+    ${QUERIES:+--queries "$QUERIES"} --depth "$DEPTH" --repeats "$REPEATS" --parity-queries 1 \
+    --tokenizer "$CARRY/tokenizer" --compile "${COMPILE:-inductor,cudagraphs}" \
+    --out "$OUT/unirank-compile.jsonl" > "$OUT/unirank-compile.md" 2> "$OUT/unirank-compile.log"
+  echo "unirank bench --compile: exit $? after $((SECONDS - start)) s (124: cut at BUDGET_S=$BUDGET_S)"
+else
+  echo "unirank bench --compile: skipped ($left s left, COMPILE=${COMPILE:-inductor,cudagraphs})"
+fi
 
 "$PY" benchmarks/gpu/summarize.py "$OUT" | tee "$OUT/summary.md"
 tail -n 5 "$OUT/gpu_side_by_side.log" "$OUT/unirank-bench.log" | grep -i -B2 "error\|traceback" || true

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(format_device_rows(ours if has_targets else ours + target_rows(ours)))
     else:
         print("(no rows)")
+    compiled = read_jsonl(folder / "unirank-compile.jsonl")
+    if compiled:
+        from unirank._bench_gpu import format_device_rows
+
+        print(f"\n## unirank bench --device --compile ({len(compiled)} rows)\n")
+        print(format_device_rows(compiled))
     return 0
 
 

@@ -182,6 +182,7 @@ def run_device_bench(
     parity_queries: int = 8,
     emit: Callable[[dict[str, Any]], None] | None = None,
     peer_dtype: str | None = None,
+    compile_modes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the side-by-side (module doc) and return its rows; ``emit`` gets each row as it is measured.
 
@@ -189,7 +190,9 @@ def run_device_bench(
     logged) and the run goes on with the next part; ``unirank bench`` then exits with status 1.
 
     ``peer_dtype`` (``"fp32" | "fp16" | "bf16"``) overrides the sentence-transformers dtype (default fp16 on
-    CUDA, fp32 on CPU); on CPU the floor then also runs in that dtype."""
+    CUDA, fp32 on CPU); on CPU the floor then also runs in that dtype. ``compile_modes`` picks the extra
+    ``compile=`` rows (``None``: the default of :class:`~unirank._bench_gpu_paths.DeviceBench`; ``()``:
+    none; given modes run on every size)."""
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise SpecError(f"unknown size(s) {unknown}; expected some of {', '.join(SIZES)}")
@@ -229,7 +232,10 @@ def run_device_bench(
             "repeats": repeats,
         }
     )
-    bench = DeviceBench(device, queries, texts, repeats, parity_queries, keep, peer_dtype)
+    extra: dict[str, Any] = {}
+    if compile_modes is not None:
+        extra = {"compile_modes": tuple(compile_modes), "compile_sizes": None}
+    bench = DeviceBench(device, queries, texts, repeats, parity_queries, keep, peer_dtype, **extra)
     root = Path(tempfile.mkdtemp(prefix="unirank-device-bench-"))
     try:
         for size in sizes:
@@ -341,6 +347,12 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
         "--peer-dtype", default=None, help="with --device: ST dtype (default fp16 on CUDA, fp32 on CPU)"
     )
     p.add_argument("--out", default=None, help="with --device: write every row as a JSON line to this file")
+    p.add_argument(
+        "--compile",
+        default=None,
+        help="with --device: compile= rows, 'none' or a list of inductor,cudagraphs (default: on CUDA, "
+        "both on minilm-l6 only)",
+    )
 
 
 def device_cli(args: argparse.Namespace) -> int:
@@ -355,6 +367,7 @@ def device_cli(args: argparse.Namespace) -> int:
 
     if args.threads:
         require("torch", "hf").set_num_threads(args.threads)
+    modes = None if args.compile is None else [m for m in args.compile.split(",") if m not in ("", "none")]
     try:
         rows = run_device_bench(
             args.device,
@@ -366,6 +379,7 @@ def device_cli(args: argparse.Namespace) -> int:
             args.parity_queries,
             emit,
             args.peer_dtype,
+            compile_modes=modes,
         )
         targets = target_rows(rows)
         for t in targets:
