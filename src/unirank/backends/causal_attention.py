@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import hf
+from .causal_batch import prefix_cache
 
 __all__ = ["attention_rows", "prefix_attention", "right_padded", "shares_prefix"]
 
@@ -200,17 +201,8 @@ def prefix_attention(
         acc[:, :, n - kept :] += w[..., :kept].float().sum(1)
 
     with engine.lock, torch.inference_mode():
-        head = torch.tensor([list(prefix)], dtype=torch.long, device=dev)
-        engine.forward_calls += 1
         with _prefix_attention_impl(engine, sdpa_prefix):
-            out = engine.model(
-                input_ids=head,
-                attention_mask=torch.ones_like(head),
-                position_ids=torch.arange(n, device=dev)[None],
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        cache = getattr(out, "cache", None) or out.past_key_values
+            cache = prefix_cache(engine, list(prefix))
         if rows > 1 and not hasattr(cache, "batch_repeat_interleave"):
             cache = None
         if cache is not None:

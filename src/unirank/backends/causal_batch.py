@@ -29,7 +29,7 @@ import numpy as np
 
 from . import hf
 
-__all__ = ["PADDING_SIDES", "collate_ids", "continuation_logprobs", "next_token_scores"]
+__all__ = ["PADDING_SIDES", "collate_ids", "continuation_logprobs", "next_token_scores", "prefix_cache"]
 
 PADDING_SIDES = ("left", "right")
 
@@ -192,6 +192,23 @@ def prefix_groups(prompts: list[list[int]], engine: Any = None) -> list[tuple[in
     return out
 
 
+def prefix_cache(engine: Any, prefix: list[int]) -> Any:
+    """Run ``prefix`` (token ids) as one row with ``use_cache=True`` and return its KV cache (one forward
+    call, counted); the caller holds ``engine.lock`` and ``torch.inference_mode``."""
+    torch, _ = hf.torch_modules()
+    dev = engine.device
+    engine.forward_calls += 1
+    head = torch.tensor([list(prefix)], dtype=torch.long, device=dev)
+    out = engine.model(
+        input_ids=head,
+        attention_mask=torch.ones_like(head),
+        position_ids=torch.arange(len(prefix), device=dev)[None],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return getattr(out, "cache", None) or out.past_key_values
+
+
 def _shared_prefix_scores(
     engine: Any, prompts: list[list[int]], n_prefix: int, token_ids: list[int] | None, log_softmax: bool
 ) -> np.ndarray:
@@ -205,16 +222,7 @@ def _shared_prefix_scores(
     dev = engine.device
     key = "cache" if _accepts(engine, "cache") else "past_key_values"  # transformers 5.x: "cache"
     with engine.lock, torch.inference_mode():
-        engine.forward_calls += 1
-        head = torch.tensor([prompts[0][:n_prefix]], dtype=torch.long, device=dev)
-        out = engine.model(
-            input_ids=head,
-            attention_mask=torch.ones_like(head),
-            position_ids=torch.arange(n_prefix, device=dev)[None],
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = prefix_cache(engine, prompts[0][:n_prefix])
 
     def forward(batch: list[dict[str, list[int]]]) -> np.ndarray:
         inputs = collate_ids([f["input_ids"] for f in batch], pad_id=_pad_id(engine), side="left", device=dev)

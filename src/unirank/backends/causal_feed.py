@@ -228,19 +228,11 @@ class _PrefixCache:
 
     def _prefix(self, g: int) -> Any:
         if self.key != g:
-            torch, _ = hf.torch_modules()
-            e, (n_prefix, idx) = self.engine, self.groups[g]
+            from .causal_batch import prefix_cache
+
+            n_prefix, idx = self.groups[g]
             self.clear()
-            e.forward_calls += 1
-            head = torch.tensor([self.prompts[idx[0]][:n_prefix]], dtype=torch.long, device=e.device)
-            out = e.model(
-                input_ids=head,
-                attention_mask=torch.ones_like(head),
-                position_ids=torch.arange(n_prefix, device=e.device)[None],
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            self.key, self.cache = g, getattr(out, "cache", None) or out.past_key_values
+            self.key, self.cache = g, prefix_cache(self.engine, self.prompts[idx[0]][:n_prefix])
         return self.cache
 
     def forward(self, g: int, inputs: dict[str, Any]) -> Any:
