@@ -25,6 +25,8 @@ import logging
 import types
 from typing import Any
 
+from .probe import agrees, probe_batch
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["enable", "supports"]
@@ -104,12 +106,7 @@ def enable(model: Any, tokenizer: Any, device: Any = "cpu") -> bool:
 
     layer = _last_layer(model)
     try:
-        probe = tokenizer(
-            ["what causes rain", "who wrote it"],
-            ["Rain forms when water vapour condenses into droplets heavy enough to fall.", "a short one"],
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
+        probe = probe_batch(tokenizer, device)
         with torch.inference_mode():
             ref = model(**probe).logits.float()
             layer.forward = types.MethodType(_cls_only_forward, layer)
@@ -118,9 +115,7 @@ def enable(model: Any, tokenizer: Any, device: Any = "cpu") -> bool:
         layer.__dict__.pop("forward", None)
         logger.debug("[CLS]-only last layer not used: %s: %s", type(exc).__name__, exc)
         return False
-    dtype = next(model.parameters()).dtype
-    tol = 1e-4 if dtype == torch.float32 else 0.05 + 0.02 * float(ref.abs().max())
-    if got.shape != ref.shape or not bool(((got - ref).abs() <= tol).all()):
+    if not agrees(ref, got, next(model.parameters()).dtype, 1e-4):
         layer.__dict__.pop("forward", None)
         logger.debug("[CLS]-only last layer not used: probe logits differ")
         return False

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MissingExtraError, SpecError
+from .probe import agrees, probe_batch
 
 __all__ = [
     "ATTN_IMPLEMENTATIONS",
@@ -270,24 +271,14 @@ def _probe_ok(fast: Callable[[dict[str, Any]], Any], eager: Callable[[dict[str, 
               device: str) -> tuple[bool, str]:  # fmt: skip
     import torch
 
-    probe = tokenizer(
-        ["what causes rain", "who wrote it", "rain"],
-        ["Rain forms when water vapour condenses into droplets heavy enough to fall.", "a short one", "x"],
-        padding=True,
-        return_tensors="pt",
-    ).to(device)
-    inputs = dict(probe)
+    inputs = dict(probe_batch(tokenizer, device, extra=[("rain", "x")]))
     try:
         with torch.inference_mode():
             ref, got = eager(inputs).float(), fast(inputs).float()
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
-    tol = (
-        1e-4
-        if ref.dtype == torch.float32 and got.dtype == torch.float32
-        else 0.05 + 0.02 * float(ref.abs().max())
-    )
-    ok = got.shape == ref.shape and bool(((got - ref).abs() <= tol).all())
+    both_fp32 = ref.dtype == torch.float32 and got.dtype == torch.float32
+    ok = agrees(ref, got, torch.float32 if both_fp32 else None, 1e-4)
     return ok, "" if ok else f"probe scores differ by {float((got - ref).abs().max()):.3g}"
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .probe import agrees, probe_batch
+
 __all__ = ["FORMS", "device_inputs", "expand", "verify"]
 
 logger = logging.getLogger(__name__)
@@ -89,10 +91,8 @@ def verify(model: Any, tokenizer: Any, device: Any = "cpu", pair: bool = True) -
     right = getattr(tokenizer, "padding_side", "right") == "right"
     if form is None or getattr(cfg, "is_decoder", False) or not right:
         return None
-    texts = ["what causes rain", "who wrote it"]
-    others = ["Rain forms when water vapour condenses into droplets heavy enough to fall.", "a short one"]
     try:
-        probe = tokenizer(texts, others if pair else None, padding=True, return_tensors="pt").to(device)
+        probe = probe_batch(tokenizer, device, pair=pair)
         dtype = next(model.parameters()).dtype
         with torch.inference_mode():
             ref = _first_output(model(**probe)).float()
@@ -106,8 +106,7 @@ def verify(model: Any, tokenizer: Any, device: Any = "cpu", pair: bool = True) -
     if ref.dim() == 3:  # hidden states: compare real tokens only (padding rows are free to differ)
         real = probe["attention_mask"].bool()
         ref, got = ref[real], got[real]
-    tol = 1e-5 if dtype == torch.float32 else 0.05 + 0.02 * float(ref.abs().max())
-    if not bool(((got - ref).abs() <= tol).all()):
+    if not agrees(ref, got, dtype, 1e-5):
         logger.debug("expanded attention mask not used: probe outputs differ")
         return None
     return form
