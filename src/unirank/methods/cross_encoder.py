@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import compiled, hf, pairs
-from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, queue_depth, run_pipeline
+from ..backends import compiled, hf, masks, pairs
+from ..backends.feeder import accelerator_sizes, default_dtype, pair_batches, pipeline_sizes, run_pipeline
 from ..backends.padding import align_pad_token, is_decoder_only
 from ..base import PointwiseRanker
 from ..errors import SpecError
@@ -178,8 +178,6 @@ class CrossEncoderRanker(PointwiseRanker):
         # the padding mask handed over as the 4-D form the attention takes (verified on a probe batch)
         self.mask_form: str | None = None
         if self._onnx is None and not self.decoder:
-            from ..backends import masks
-
             self.mask_form = masks.verify(self.model, self.tokenizer, self.device)
         # compile= / unpadded=: the host pipeline's forward behind torch.compile or packed rows (None: eager)
         self._fast = compiled.build_forward(
@@ -232,11 +230,9 @@ class CrossEncoderRanker(PointwiseRanker):
 
     def _forward_inputs(self, inputs: dict[str, Any]) -> Any:
         """Scores of a padded batch (host tensors), left on the device (the host pipeline's forward)."""
-        from ..backends.masks import device_inputs
-
         if self._fast is not None:  # compiled / packed: takes the 2-D padding mask
             return self._fast({k: v.to(self.device, non_blocking=True) for k, v in inputs.items()})
-        inputs, _ = device_inputs(inputs, self.device, self.mask_form, self.model.dtype)
+        inputs, _ = masks.device_inputs(inputs, self.device, self.mask_form, self.model.dtype)
         return self._score_tensor(self.model(**inputs).logits)
 
     def _forward(self, batch: list[dict[str, list[int]]]) -> np.ndarray:
@@ -272,7 +268,7 @@ class CrossEncoderRanker(PointwiseRanker):
             qs, ts = [queries[i] for i in idx], [texts[i] for i in idx]
             return self._forward(hf.tokenize(self.tokenizer, qs, ts, self.max_length))
 
-        chunk = max(PIPELINE_CHUNK, 4 * self.batch_size)
+        chunk, depth = pipeline_sizes(self.batch_size, self.max_tokens_per_batch)
         source = pair_batches(
             self.tokenizer,
             self.pair_template,
@@ -291,13 +287,8 @@ class CrossEncoderRanker(PointwiseRanker):
             fallback=fallback,
             show_progress=show_progress,
             desc=self.name,
-            depth=queue_depth(chunk, self.batch_size, self.max_tokens_per_batch),
+            depth=depth,
         )
-
-
-# pairs tokenised per background step after the first (512): length sorting within 2048 pairs pads DL19
-# top-100 pairs by ~2.5 % (1.9 % over all 2000), and the first forward waits for 512 pairs only
-PIPELINE_CHUNK = 2048
 
 
 def _scores_from_logits(logits: np.ndarray, num_labels: int, label_index: int) -> np.ndarray:

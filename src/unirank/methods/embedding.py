@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import hf
-from ..backends.feeder import accelerator_sizes, default_dtype, queue_depth, run_pipeline, text_batches
+from ..backends.feeder import accelerator_sizes, default_dtype, pipeline_sizes, run_pipeline, text_batches
 from ..backends.masks import device_inputs
 from ..backends.masks import verify as verify_mask
 from ..backends.padding import is_decoder_only
@@ -140,6 +140,8 @@ class EmbeddingRanker(PointwiseRanker):
                 from ..backends.onnx import DEFAULT_TOKEN_BUDGET
 
                 self.max_tokens_per_batch = DEFAULT_TOKEN_BUDGET
+        # the host pipeline's single-text encoding, proven on probe texts (None: the tokenizer's own call)
+        self.text_template = text_template(self.tokenizer, self.max_length) if self._onnx is None else None
 
     # -- encoding -----------------------------------------------------------------------------------------
     def _prompt_length(self, prompt: str) -> int:
@@ -215,15 +217,13 @@ class EmbeddingRanker(PointwiseRanker):
         """:meth:`encode` on the host pipeline (:mod:`unirank.backends.feeder`): tokenised and padded in the
         background, embeddings kept on the device and copied back once."""
         plen, limit = self._prompt_length(prompt), self.max_length - len(suffix_ids)
-        if "_text_template" not in self.__dict__:  # proven once per ranker (None: the tokenizer's own call)
-            self._text_template = text_template(self.tokenizer, self.max_length)
-        template = self._text_template
+        template = self.text_template
 
         def fallback(idx: list[int]) -> np.ndarray:  # one by one through the classic forward
             toks = tokenize_texts(self.tokenizer, [texts[i] for i in idx], limit, suffix_ids, template)
             return self._forward([toks.features(j) for j in range(len(idx))], plen)
 
-        chunk = max(2048, 4 * self.batch_size)
+        chunk, depth = pipeline_sizes(self.batch_size, self.max_tokens_per_batch)
         source = text_batches(
             self.tokenizer,
             texts,
@@ -243,7 +243,7 @@ class EmbeddingRanker(PointwiseRanker):
             fallback=fallback,
             show_progress=show_progress,
             desc=f"encoding ({self.name})",
-            depth=queue_depth(chunk, self.batch_size, self.max_tokens_per_batch),
+            depth=depth,
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
 
