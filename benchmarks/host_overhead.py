@@ -66,6 +66,16 @@ def rounds(paths: dict, repeats: int) -> dict[str, tuple[float, float]]:
     }
 
 
+def dl19_lists(n_queries: int, depth: int) -> tuple[list[str], list[list[str]]]:
+    """The first ``n_queries`` TREC DL 2019 queries (by id) and the texts of their BM25 top ``depth``."""
+    from unirank.eval.datasets import load_dataset
+
+    ds = load_dataset("trec-dl-2019")
+    run = ds.get_run("bm25")
+    qids = sorted(run)[:n_queries]
+    return [ds.queries[q] for q in qids], [[ds.corpus[d].text for d, _ in run[q][:depth]] for q in qids]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=20)
@@ -85,14 +95,9 @@ def main(argv=None) -> int:
     from unirank import Reranker
     from unirank.bench import build_minilm_cross_encoder
     from unirank.cpus import available_cores
-    from unirank.eval.datasets import load_dataset
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    ds = load_dataset("trec-dl-2019")
-    run = ds.get_run("bm25")
-    qids = sorted(run)[: args.queries]
-    queries = [ds.queries[q] for q in qids]
-    docs = [[ds.corpus[d].text for d, _ in run[q][: args.depth]] for q in qids]
+    queries, docs = dl19_lists(args.queries, args.depth)
     flat_q = [q for q, d in zip(queries, docs) for _ in d]
     flat_d = [x for d in docs for x in d]
     work = Path(tempfile.mkdtemp(prefix="unirank-host-"))

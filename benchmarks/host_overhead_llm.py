@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_overhead import rounds
+from host_overhead import dl19_lists, rounds
 
 
 def build_tiny_causal(out: Path) -> Path:
@@ -111,14 +111,9 @@ def main(argv=None) -> int:
 
     from unirank import Reranker
     from unirank.backends.causal_lm import CausalLM
-    from unirank.eval.datasets import load_dataset
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    ds = load_dataset("trec-dl-2019")
-    run = ds.get_run("bm25")
-    qids = sorted(run)[: args.queries]
-    queries = [ds.queries[q] for q in qids]
-    docs = [[ds.corpus[d].text for d, _ in run[q][: args.depth]] for q in qids]
+    queries, docs = dl19_lists(args.queries, args.depth)
     torch.set_num_threads(args.threads)
     folder = build_tiny_causal(Path(tempfile.mkdtemp(prefix="unirank-host-llm-")) / "tiny")
     sizes = dict(device="cpu", batch_size=args.batch_size, max_tokens_per_batch=args.max_tokens)
