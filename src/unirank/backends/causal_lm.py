@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import SpecError, require
 from . import causal_batch, hf
+from .pairs import own_backend
 from .usage import Usage
 
 __all__ = ["PACKAGED_GGUF", "CausalLM", "cache_dir"]
@@ -252,14 +253,9 @@ class CausalLM:
         cached = self.__dict__.get("_own")
         if cached is not None and cached[0] is backend:
             return cached[1]
-        own = None
-        if backend is not None and getattr(self.tokenizer, "is_fast", False):
+        own = own_backend(self.tokenizer) if getattr(self.tokenizer, "is_fast", False) else None
+        if own is not None:
             try:
-                from tokenizers import Tokenizer
-
-                own = Tokenizer.from_str(backend.to_str())
-                own.no_truncation()
-                own.no_padding()
                 special = [t for t in (self.tokenizer.bos_token, self.tokenizer.eos_token) if t]
                 probes = [*_PROBES, " ".join([*special, *_PROBES])]
                 for add in (True, False):
@@ -271,7 +267,7 @@ class CausalLM:
                         own = None
                         break
             except Exception as exc:  # an unusual backend: the tokenizer's own batched call
-                logger.debug("encode_many: no Rust tokenizer copy (%s: %s)", type(exc).__name__, exc)
+                logger.debug("encode_many: the Rust tokenizer copy failed (%s: %s)", type(exc).__name__, exc)
                 own = None
         self.__dict__["_own"] = (backend, own)
         return own

@@ -41,6 +41,7 @@ __all__ = [
     "encode_plain",
     "gather_rows",
     "longest_first",
+    "own_backend",
     "pair_template",
     "tokenize_pairs",
 ]
@@ -187,7 +188,7 @@ def _plain(tokenizer: Any, texts: list[str], limit: int | None) -> list[list[int
     return list(tokenizer(texts, add_special_tokens=False, **cut, **lean)["input_ids"])
 
 
-def _own_backend(tokenizer: Any) -> Any | None:
+def own_backend(tokenizer: Any) -> Any | None:
     """A private copy of a fast tokenizer's Rust tokenizer with truncation and padding off: encoding with it
     never depends on (or changes) the state the ``transformers`` wrapper leaves on its own backend, so it is
     safe from the feeder thread and from concurrent callers."""
@@ -325,7 +326,7 @@ def _derive(tokenizer: Any) -> PairTemplate | None:
         type_b=kb[0],
         keys=keys,
         pad_id=0 if pad is None else int(pad),
-        backend=_own_backend(tokenizer),
+        backend=own_backend(tokenizer),
     )
     counted = getattr(tokenizer, "num_special_tokens_to_add", None)
     if callable(counted) and counted(pair=True) != tpl.n_added:

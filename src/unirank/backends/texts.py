@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .pairs import PairTokens, encode_plain, gather_rows
+from .pairs import PairTokens, encode_plain, gather_rows, own_backend
 
 __all__ = ["TextTemplate", "text_template", "tokenize_texts"]
 
@@ -156,8 +156,6 @@ def _derive(tokenizer: Any) -> TextTemplate | None:
         return None
     keys = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc)
     pad = getattr(tokenizer, "pad_token_id", None)
-    from .pairs import _own_backend
-
     return TextTemplate(
         prefix=tuple(ids[:at]),
         suffix=tuple(ids[at + len(body) :]),
@@ -166,7 +164,7 @@ def _derive(tokenizer: Any) -> TextTemplate | None:
         type_a=types[at],
         keys=keys,
         pad_id=0 if pad is None else int(pad),
-        backend=_own_backend(tokenizer),
+        backend=own_backend(tokenizer),
     )
 
 
